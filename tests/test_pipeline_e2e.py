@@ -1,0 +1,202 @@
+"""End to end: the real `dvc repro` in a temporary git repo holding a copy of the project.
+
+Uses the real corpus and tiktoken's GPT-2 cache from ../shared (skipped where it is absent).
+The tests share one repo and run in file order; each one that changes params puts them back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, SHARED, TIKTOKEN_CACHE, VERDICT, VERDICT_SHA256
+from safetensors.numpy import load_file
+
+STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep"}
+
+
+def pipeline_env() -> dict:
+    return {
+        **os.environ,
+        # dvc.yaml runs `python -m stages.x`: the python next to this interpreter, as in an activated venv.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE),
+        "CORPUS_MIRROR": str(SHARED / "corpus"),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+
+
+def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def reproduced(output: str) -> set[str]:
+    """Stages a `dvc repro` ran or restored from the run-cache (as opposed to skipped as unchanged)."""
+    return set(re.findall(r"Running stage '(\w+)'", output)) | set(re.findall(r"Stage '(\w+)' is cached", output))
+
+
+def metrics(repo: Path, stage: str) -> dict:
+    return json.loads((repo / "metrics" / f"{stage}.json").read_text())
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def restore(repo: Path) -> None:
+    """Back to the committed params, lock, metrics and outputs."""
+    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics")
+    dvc(repo, "checkout", "--force")
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    if not VERDICT.is_file() or not TIKTOKEN_CACHE.is_dir():
+        pytest.skip("../shared (the real corpus and tiktoken's GPT-2 cache) is not beside the project")
+    repo = tmp_path_factory.mktemp("project")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "copy of the project")
+    repo.joinpath("first-repro.log").write_text(dvc(repo, "repro").stdout)
+    return repo
+
+
+def test_fresh_clone_repro_runs_every_stage_with_cached_outputs(repo):
+    # sweep's outputs are small files committed to git, and its input tokens come out byte-identical,
+    # so DVC rightly finds it up to date.
+    assert reproduced((repo / "first-repro.log").read_text()) == STAGES - {"sweep"}
+
+
+def test_repro_reproduces_the_books_figures(repo):
+    fetch = metrics(repo, "fetch")
+    assert (fetch["chars"], fetch["bytes"], fetch["sha256"]) == (20479, 20479, VERDICT_SHA256)
+    assert (repo / "data/raw/the-verdict.txt").read_bytes() == VERDICT.read_bytes()
+
+    tokenize = metrics(repo, "tokenize")
+    assert (tokenize["num_tokens"], tokenize["vocab_size"]) == (5145, 50257)
+    first = [40, 367, 2885, 1464, 1807, 3619, 402, 271, 10899, 2138, 257, 7026, 15632, 438, 2016, 257, 922, 5891, 1576]
+    assert json.loads(tokenize["first_tokens"]) == [*first, 438]
+    tokens = np.load(repo / "data/tokens/tokens.npy", allow_pickle=False)
+    assert tokens.dtype == np.uint16 and tokens.shape == (5145,)
+
+    window = metrics(repo, "window")
+    assert window["num_windows"] == 5141
+    assert json.loads(window["first_input"]) == [40, 367, 2885, 1464]
+    assert json.loads(window["first_target"]) == [367, 2885, 1464, 1807]
+    assert (repo / "data/windows/preview.csv").read_text().splitlines()[1].startswith("0,0,40 367 2885 1464,")
+
+    dataset = metrics(repo, "dataset")
+    assert json.loads(dataset["batch_input_shape"]) == json.loads(dataset["batch_target_shape"]) == [8, 4]
+    assert dataset["num_batches"] == 5141 // 8
+
+    embed = metrics(repo, "embed")
+    assert json.loads(embed["token_embedding_shape"]) == [50257, 256]
+    assert json.loads(embed["sample_embedding_shape"]) == [2, 4, 256]
+    assert json.loads(embed["input_embedding_shape"]) == [8, 4, 256]
+    tensors = load_file(repo / "data/embeddings/embeddings.safetensors")
+    assert tensors["input_embeddings"].shape == (8, 4, 256)
+
+    rows = list(csv.DictReader(io.StringIO((repo / "metrics/sweep.csv").read_text())))
+    assert [(r["max_length"], r["stride"], r["num_windows"], r["formula"]) for r in rows] == [
+        ("4", "1", "5141", "5141"),
+        ("4", "2", "2571", "2571"),
+        ("8", "1", "5137", "5137"),
+        ("8", "4", "1285", "1285"),
+    ]
+
+
+def test_committed_lock_and_metrics_hold(repo):
+    """The outputs hash to what the project's committed dvc.lock says: the run is deterministic."""
+    assert sh(repo, "git", "status", "--porcelain", "--", "dvc.lock", "metrics").stdout == ""
+    assert "Data and pipelines are up to date." in dvc(repo, "status").stdout
+
+
+def test_metrics_show_prints_the_figures(repo):
+    table = dvc(repo, "metrics", "show").stdout
+    for figure in ("20479", "5145", "5141", "[8, 4]", "[2, 4, 256]", "[8, 4, 256]", "2571", "5137", "1285"):
+        assert figure in table
+
+
+def test_dag_and_plot_render(repo):
+    dag = dvc(repo, "dag", "--mermaid").stdout
+    for edge in ("fetch", "tokenize", "window", "dataset", "embed", "sweep"):
+        assert edge in dag
+    vega = json.loads(dvc(repo, "plots", "show", "--json").stdout)
+    (plot,) = vega["data"]["metrics/sweep.csv"]
+    assert plot["content"]["encoding"]["color"]["field"] == "max_length"
+    assert len(plot["content"]["data"]["values"]) == 4
+
+
+def test_noop_repro_runs_nothing(repo):
+    assert reproduced(dvc(repo, "repro").stdout) == set()
+
+
+def test_changing_embed_dim_reruns_only_embed(repo):
+    set_param(repo, "embed", "dim", 64)
+    assert reproduced(dvc(repo, "repro").stdout) == {"embed"}
+    assert json.loads(metrics(repo, "embed")["input_embedding_shape"]) == [8, 4, 64]
+    restore(repo)
+
+
+def test_changing_stride_reruns_window_dataset_embed_only(repo):
+    tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
+    set_param(repo, "window", "stride", 2)
+    assert reproduced(dvc(repo, "repro").stdout) == {"window", "dataset", "embed"}
+    assert metrics(repo, "window")["num_windows"] == 2571
+    assert (repo / "data/tokens/tokens.npy").read_bytes() == tokens_before
+    restore(repo)
+
+
+def test_bad_param_fails_in_one_line_and_keeps_upstream_outputs(repo):
+    tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
+    set_param(repo, "window", "stride", 0)
+    result = dvc(repo, "repro", check=False)
+    assert result.returncode != 0
+    assert "error: window.stride must be a positive integer, got 0" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (repo / "data/tokens/tokens.npy").read_bytes() == tokens_before
+    restore(repo)
+
+
+def test_experiment_with_stride_2_records_2571_windows(repo):
+    dvc(repo, "exp", "run", "-n", "stride-2", "-S", "window.stride=2")
+    table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv").stdout)))
+    (experiment,) = [row for row in table if row["Experiment"] == "stride-2"]
+    assert experiment["window.stride"] == "2"
+    assert experiment["metrics/window.json:num_windows"] == "2571"
+    restore(repo)

@@ -53,18 +53,23 @@ class TokenWindowDataset(Dataset):
         self.tokens_path = Path(tokens_path)
         self.max_length = max_length
         self.stride = stride
-        self._windows = None
+        self._tokens = self._windows = None
         self.num_windows = len(self.windows)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = np.load(self.tokens_path, mmap_mode="r", allow_pickle=False)
+        return self._tokens
 
     @property
     def windows(self) -> np.ndarray:
         if self._windows is None:
-            tokens = np.load(self.tokens_path, mmap_mode="r", allow_pickle=False)
-            self._windows = windows(tokens, self.max_length, self.stride)
+            self._windows = windows(self.tokens, self.max_length, self.stride)
         return self._windows
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_windows": None}
+        return {**self.__dict__, "_tokens": None, "_windows": None}
 
     def __len__(self) -> int:
         return self.num_windows
@@ -82,8 +87,14 @@ def load_dataset(dataset_dir: str | Path = OUT_DIR) -> tuple[TokenWindowDataset,
         raise PipelineError(f"{dataset_dir / DATASET_FILE} is not in format {FORMAT}: rebuild it with `dvc repro`")
     try:
         dataset = TokenWindowDataset(dataset_dir / config["tokens"], config["max_length"], config["stride"])
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise PipelineError(f"cannot read the tokens of {dataset_dir} ({error}): run `dvc checkout`") from None
+    tokens = dataset.tokens
+    if tokens.dtype != np.dtype(config["dtype"]) or len(tokens) != config["num_tokens"]:
+        raise PipelineError(
+            f"{dataset.tokens_path} holds {len(tokens)} {tokens.dtype} ids, not the {config['num_tokens']} "
+            f"{config['dtype']} ids {DATASET_FILE} records: run `dvc checkout`"
+        )
     if len(dataset) != config["num_windows"]:
         raise PipelineError(
             f"{dataset_dir} holds {len(dataset)} windows, not {config['num_windows']}: run `dvc checkout`"

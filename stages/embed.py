@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -61,8 +62,8 @@ def main() -> None:
         config["vocab_size"], params["context_length"], params["dim"], params["seed"]
     )
     with torch.no_grad():
-        sample_ids = torch.stack([dataset[i][0] for i in range(NUM_SAMPLE_WINDOWS)])
-        sample = token_embedding(sample_ids)
+        # The first windows' inputs (fewer when the corpus has fewer windows).
+        sample = token_embedding(torch.from_numpy(dataset.windows[:NUM_SAMPLE_WINDOWS, :-1].astype(np.int64)))
         batch_ids, _ = next(iter(loader))
         batch = input_embeddings(batch_ids, token_embedding, pos_embedding)
     tensors = {

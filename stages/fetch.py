@@ -47,8 +47,9 @@ class Corpus:
 
 def file_name(url: str) -> str:
     """The name the corpus is stored under: the last part of the URL's path."""
-    name = Path(unquote(urlparse(url).path)).name
-    if not name:
+    path = unquote(urlparse(url).path)
+    name = Path(path).name
+    if not name or path.endswith("/"):
         raise PipelineError(f"fetch.url {url!r} does not end in a file name: point it at the file itself")
     return name
 
@@ -85,21 +86,21 @@ def copy_and_hash(reader: BinaryIO, size: int | None, dest: Path) -> tuple[int, 
     num_bytes = num_chars = 0
     utf8_error = None
     with open(dest, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, disable=None, desc="fetch") as bar:
-        while chunk := reader.read(CHUNK_BYTES):
+        while True:
+            chunk = reader.read(CHUNK_BYTES)
             out.write(chunk)
             digest.update(chunk)
-            if utf8_error is None:
-                try:
-                    num_chars += len(decoder.decode(chunk))
-                except UnicodeDecodeError as error:
-                    utf8_error = f"{error.reason} at byte {num_bytes + error.start}"
-            num_bytes += len(chunk)
             bar.update(len(chunk))
-    if utf8_error is None:
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            utf8_error = f"{error.reason} at byte {num_bytes - len(decoder.getstate()[0]) + error.start}"
+            if utf8_error is None:
+                # The decoder may hold the first bytes of a character from the previous chunk.
+                offset = num_bytes - len(decoder.getstate()[0])
+                try:
+                    num_chars += len(decoder.decode(chunk, final=not chunk))
+                except UnicodeDecodeError as error:
+                    utf8_error = f"{error.reason} at byte {offset + error.start}"
+            num_bytes += len(chunk)
+            if not chunk:
+                break
     return num_bytes, num_chars, digest.hexdigest(), utf8_error
 
 

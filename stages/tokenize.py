@@ -6,6 +6,7 @@ Text that happens to spell "<|endoftext|>" is encoded as ordinary text, never as
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +43,38 @@ def load_encoding(encoding: str):
         ) from None
 
 
+def read_ranks(path: Path) -> dict[bytes, int]:
+    """A .tiktoken ranks file: one `base64-token rank` pair a line.
+
+    Read here rather than with tiktoken's loader, which caches files by path and would keep serving
+    the old ranks after the file is edited.
+    """
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as error:
+        raise PipelineError(f"tokenize.encoding: cannot read {path} ({error.strerror}): fix the path") from None
+    ranks = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise PipelineError(
+                f"tokenize.encoding: {path} is not a .tiktoken ranks file (line {number} is not `base64 rank`)"
+            ) from None
+    if not ranks:
+        raise PipelineError(f"tokenize.encoding: {path} holds no ranks")
+    return ranks
+
+
 def _encoding_from_file(path: Path):
     """A GPT-2-style encoding (GPT-2's split pattern, end-of-text after the last rank) from a ranks file."""
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    try:
-        ranks = load_tiktoken_bpe(str(path))
-    except OSError as error:
-        raise PipelineError(f"tokenize.encoding: cannot read {path} ({error.strerror}): fix the path") from None
-    except ValueError as error:
-        raise PipelineError(f"tokenize.encoding: {path} is not a .tiktoken ranks file ({error})") from None
-    if not ranks:
-        raise PipelineError(f"tokenize.encoding: {path} holds no ranks")
+    ranks = read_ranks(path)
     return tiktoken.Encoding(
         name=path.stem,
         pat_str=r50k_pat_str,
@@ -108,7 +127,7 @@ def load_tokens(tokens_dir: Path = OUT_DIR) -> tuple[np.ndarray, dict]:
     path = tokens_dir / TOKENS_FILE
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise PipelineError(
             f"{path} is not a readable token array ({error}): run `dvc checkout` or `dvc repro -f`"
         ) from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import reprlib
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -26,34 +28,56 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         sys.exit(1)
+
+
+def one_line(message: str) -> str:
+    """The message with its line breaks and runs of white space made single spaces: whatever it quotes
+    (a parser's excerpt, a server's reason, a file name), an error stays one line."""
+    return " ".join(message.split())
 
 
 # Checkers: each takes the dotted key (for the message) and the value, and returns the value.
 
+# Every integer param ends up in numpy or torch, whose integers are 64-bit.
+INT64_MAX = (1 << 63) - 1
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 2  # with at most 4 items a level: a YAML alias bomb shows as a few nested "[...]"
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: repr, cut short, so a huge or self-nested value stays one short line."""
+    return _SHORT_REPR.repr(value)
+
+
+def _integer(key: str, value: Any, minimum: int, kind: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
+        bound = f" up to {INT64_MAX:,}" if isinstance(value, int) and value > INT64_MAX else ""
+        raise PipelineError(f"{key} must be a {kind} integer{bound}, got {shown(value)}: fix it in {PARAMS_FILE}")
+    return value
+
 
 def positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PipelineError(f"{key} must be a positive integer, got {value!r}: fix it in {PARAMS_FILE}")
-    return value
+    return _integer(key, value, 1, "positive")
 
 
 def non_negative_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PipelineError(f"{key} must be a non-negative integer, got {value!r}: fix it in {PARAMS_FILE}")
-    return value
+    return _integer(key, value, 0, "non-negative")
 
 
 def boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise PipelineError(f"{key} must be true or false, got {value!r}: fix it in {PARAMS_FILE}")
+        raise PipelineError(f"{key} must be true or false, got {shown(value)}: fix it in {PARAMS_FILE}")
     return value
 
 
 def text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise PipelineError(f"{key} must be a non-empty string, got {value!r}: fix it in {PARAMS_FILE}")
+        raise PipelineError(f"{key} must be a non-empty string, got {shown(value)}: fix it in {PARAMS_FILE}")
     return value
 
 
@@ -66,15 +90,17 @@ def load_params(section: str, schema: dict[str, Checker], path: Path = PARAMS_FI
         params = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path} not found: run the stage from the project root") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise PipelineError(f"{path} is not valid YAML ({' '.join(str(error).split())}): fix it") from None
+    # PyYAML raises ValueError for impossible dates or floats (2001-13-45, !!float x) and recurses per nesting level.
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise PipelineError(f"{path} is not valid YAML ({one_line(str(error))}): fix it") from None
     values = params.get(section) if isinstance(params, dict) else None
     if not isinstance(values, dict):
         raise PipelineError(f"{path} has no '{section}:' mapping: restore it (see README, stages)")
     expected = ", ".join(f"{section}.{key}" for key in schema)
     unknown = sorted(set(values) - set(schema), key=str)
     if unknown:
-        raise PipelineError(f"{path}: unknown key {section}.{unknown[0]} (expected {expected}): fix its spelling")
+        key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else shown(unknown[0])
+        raise PipelineError(f"{path}: unknown key {section}.{key} (expected {expected}): fix its spelling")
     missing = [key for key in schema if key not in values]
     if missing:
         raise PipelineError(f"{path}: missing key {section}.{missing[0]} (expected {expected}): add it")
@@ -127,6 +153,14 @@ def write_file_atomic(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def ids_sha256(ids, chunk: int = 1 << 24) -> str:
+    """The sha256 of a token array's bytes, a slice at a time so a memory-mapped corpus stays on disk."""
+    digest = hashlib.sha256()
+    for start in range(0, len(ids), chunk):
+        digest.update(ids[start : start + chunk].tobytes())
+    return digest.hexdigest()
+
+
 def to_json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
@@ -144,10 +178,27 @@ def write_metrics(stage: str, metrics: dict[str, Any]) -> None:
     )
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path, fields: dict[str, type | tuple[type, ...]] | None = None) -> Any:
+    """The JSON in `path`; with `fields`, an object holding each named field (require_fields)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PipelineError(f"{path} not found: run `dvc repro` to build it") from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PipelineError(f"{path} is corrupt ({error}): run `dvc checkout` or `dvc repro -f`") from None
+    return require_fields(obj, fields or {}, path)
+
+
+def require_fields(obj: Any, fields: dict[str, type | tuple[type, ...]], where: str | Path) -> Any:
+    """`obj`, if it is an object holding each named field with a value of its type (JSON's true is not an int).
+
+    A sidecar the pipeline wrote and someone edited is then one error line here, not a KeyError further on.
+    """
+    for field, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if not isinstance(obj, dict) or type(obj.get(field)) not in kinds:
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise PipelineError(
+                f"{where} is corrupt ({field!r} is missing or not {names}): run `dvc checkout` or `dvc repro -f`"
+            )
+    return obj

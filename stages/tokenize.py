@@ -1,17 +1,35 @@
 """Stage tokenize: the corpus as one flat array of token ids (the book's section 2.5, BPE with tiktoken).
 
-Every file in data/raw is encoded in name order; between two documents goes the end-of-text token.
-Text that happens to spell "<|endoftext|>" is encoded as ordinary text, never as the special token.
+Every file under data/raw is a document, encoded in order of its path, with the end-of-text token
+between documents. Files are streamed in chunks cut where tokenization is unaffected, encoded on all
+cores, and appended to data/tokens/tokens.npy, so memory stays flat whatever the corpus size.
+Text that spells "<|endoftext|>" is ordinary text unless tokenize.literal_endoftext is "token".
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from stages.common import PipelineError, load_params, output_dir, read_json, run, text, write_json, write_metrics
+from stages.common import (
+    PipelineError,
+    ids_sha256,
+    load_params,
+    output_dir,
+    read_json,
+    run,
+    text,
+    write_json,
+    write_metrics,
+)
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/tokens")
@@ -19,8 +37,18 @@ TOKENS_FILE = "tokens.npy"
 META_FILE = "meta.json"
 END_OF_TEXT = "<|endoftext|>"
 NUM_FIRST_TOKENS = 20
+MAX_RANKS_BYTES = 64 << 20  # the largest of tiktoken's own, o200k_base, is 3.6 MB
+CHUNK_CHARS = 1 << 20  # text per encode call: big enough to keep tiktoken busy, small enough to stay flat
+NUM_THREADS = os.cpu_count() or 1
 
-SCHEMA = {"encoding": text}
+
+def literal_endoftext(key: str, value: object) -> str:
+    if value not in ("text", "token"):
+        raise PipelineError(f"{key} must be text or token, got {value!r}: fix it in params.yaml")
+    return value
+
+
+SCHEMA = {"encoding": text, "literal_endoftext": literal_endoftext}
 
 
 def load_encoding(encoding: str):
@@ -49,6 +77,11 @@ def read_ranks(path: Path) -> dict[bytes, int]:
     Read here rather than with tiktoken's loader, which caches files by path and would keep serving
     the old ranks after the file is edited.
     """
+    if path.exists() and (not path.is_file() or path.stat().st_size > MAX_RANKS_BYTES):
+        raise PipelineError(
+            f"tokenize.encoding: {path} is not a ranks file (a device, a folder, or over "
+            f"{MAX_RANKS_BYTES >> 20} MB): give the path of a .tiktoken file"
+        )
     try:
         lines = path.read_bytes().splitlines()
     except OSError as error:
@@ -88,42 +121,160 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def read_text(path: Path) -> str:
+def safe_cut(text: str, limit: int) -> int:
+    """Where to cut `text` at or before `limit` without changing its tokens.
+
+    GPT-2's pre-tokenizer never joins a non-space character to the white space after it (a piece is a
+    run of letters, digits or punctuation with at most one space in front, or a run of white space), so
+    a cut just before white space that follows a non-space character leaves every piece, and so every
+    token, as it was. Only text with no such place within `limit` characters (one run of that length
+    with no white space) is cut at `limit`, where its tokens may differ from a one-shot encode.
+    """
+    if len(text) <= limit:
+        return len(text)
+    for separator in ("\n", " "):
+        cut = text.rfind(separator, 1, limit + 1)
+        while cut > 0:
+            if not text[cut - 1].isspace():
+                return cut
+            cut = text.rfind(separator, 1, cut)
+    return limit
+
+
+def read_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """The text of one file in pieces of at most `chunk_chars` characters, cut where tokens allow.
+
+    Read as the book's open(path, encoding="utf-8") reads it (line ends become "\\n"), except that a
+    leading byte-order mark is dropped. At least one piece, possibly empty, so every file is a document.
+    """
+    buffer = ""
     try:
-        return path.read_bytes().decode("utf-8")
+        with open(path, encoding="utf-8-sig", newline=None) as file:
+            while block := file.read(chunk_chars):
+                buffer += block
+                while len(buffer) > chunk_chars:
+                    cut = safe_cut(buffer, chunk_chars)
+                    yield buffer[:cut]
+                    buffer = buffer[cut:]
     except UnicodeDecodeError as error:
-        raise PipelineError(
-            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): convert it to UTF-8"
-        ) from None
+        raise PipelineError(f"{path} is not UTF-8 text ({error.reason}): convert it to UTF-8") from None
+    yield buffer
+
+
+def ordered_map(function: Callable, items: Iterable, num_threads: int) -> Iterator:
+    """map() on a thread pool, results in order, at most 2 x num_threads items in flight.
+
+    tiktoken releases the GIL while it encodes, so the threads use every core while memory stays flat.
+    """
+    with ThreadPoolExecutor(num_threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * num_threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def tokenize_documents(
+    documents: Iterable[Iterable[str]],
+    encoding,
+    sink: Callable[[np.ndarray], object],
+    *,
+    literal_endoftext: str = "text",
+    num_threads: int = NUM_THREADS,
+) -> list[int]:
+    """Feed the ids of each document (an iterable of text pieces) to `sink`, end-of-text between documents.
+
+    Returns where each document starts. "<|endoftext|>" written in the text is ordinary text unless
+    literal_endoftext is "token".
+    """
+    dtype = token_dtype(encoding.n_vocab)
+    allowed = {END_OF_TEXT} if literal_endoftext == "token" else set()
+    end_of_text = np.array([encoding.eot_token], dtype=dtype)
+
+    def encode(item: tuple[int, str]) -> tuple[int, np.ndarray]:
+        index, text = item
+        ids = encoding.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+        return index, ids.astype(dtype)
+
+    pieces = ((index, piece) for index, document in enumerate(documents) for piece in document)
+    starts: list[int] = []
+    position = 0
+    for index, ids in ordered_map(encode, pieces, num_threads):
+        if index == len(starts):  # the first piece of the next document
+            if index:
+                sink(end_of_text)
+                position += 1
+            starts.append(position)
+        sink(ids)
+        position += len(ids)
+    return starts
+
+
+def tokenize(texts: Iterable[str], encoding, *, literal_endoftext: str = "text") -> tuple[np.ndarray, list[int]]:
+    """Encode texts held in memory: the flat ids, end-of-text between texts, and where each text starts."""
+    arrays: list[np.ndarray] = []
+    starts = tokenize_documents(
+        ([text] for text in texts), encoding, arrays.append, literal_endoftext=literal_endoftext
+    )
+    return np.concatenate(arrays) if arrays else np.empty(0, token_dtype(encoding.n_vocab)), starts
+
+
+class TokenFile:
+    """A .npy file of one flat array written piece by piece, so no corpus ever has to fit in memory.
+
+    The header is written first for length 0 and rewritten with the real length at the end; numpy pads
+    the header for any length to the same size, so the file is byte-identical to np.save of the array.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self.num_tokens = 0
+        self.sha256 = hashlib.sha256()  # of the ids, recorded in meta.json so an edited id is found on load
+        self.file = open(path, "wb")
+        self.header_size = self._write_header()
+
+    def _write_header(self) -> int:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.num_tokens,),
+        }
+        np.lib.format.write_array_header_1_0(self.file, header)
+        return self.file.tell()
+
+    def append(self, ids: np.ndarray) -> None:
+        data = ids.astype(self.dtype, copy=False).tobytes()
+        self.file.write(data)
+        self.sha256.update(data)
+        self.num_tokens += len(ids)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        if self._write_header() != self.header_size:
+            raise RuntimeError("the .npy header changed size")  # numpy's padding makes this impossible
+        self.file.close()
 
 
 def corpus_files(raw_dir: Path) -> list[Path]:
-    files = (
-        sorted(p for p in raw_dir.iterdir() if p.is_file() and not p.name.startswith(".")) if raw_dir.is_dir() else []
+    """Every file under raw_dir, in order of relative path; names starting with "." are not corpus."""
+    files = sorted(
+        (
+            path
+            for path in (raw_dir.rglob("*") if raw_dir.is_dir() else [])
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(raw_dir).parts)
+        ),
+        key=lambda path: path.relative_to(raw_dir).as_posix(),  # the order of `LC_ALL=C sort`, as fetch lists them
     )
     if not files:
         raise PipelineError(f"{raw_dir} holds no corpus file: run `dvc repro fetch`")
     return files
 
 
-def tokenize(texts: list[str], encoding) -> tuple[np.ndarray, list[int]]:
-    """Encode each text, end-of-text between them; return the flat ids and where each document starts."""
-    dtype = token_dtype(encoding.n_vocab)
-    pieces, starts, position = [], [], 0
-    for index, document in enumerate(texts):
-        if index:
-            pieces.append(np.array([encoding.eot_token], dtype=dtype))
-            position += 1
-        starts.append(position)
-        ids = np.array(encoding.encode_ordinary(document), dtype=dtype)
-        pieces.append(ids)
-        position += len(ids)
-    return np.concatenate(pieces) if pieces else np.empty(0, dtype), starts
-
-
 def load_tokens(tokens_dir: Path = OUT_DIR) -> tuple[np.ndarray, dict]:
     """The token array, memory-mapped read-only, and its metadata."""
-    meta = read_json(tokens_dir / META_FILE)
+    meta = read_json(tokens_dir / META_FILE, {"dtype": str, "num_tokens": int, "sha256": str})
     path = tokens_dir / TOKENS_FILE
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -131,39 +282,64 @@ def load_tokens(tokens_dir: Path = OUT_DIR) -> tuple[np.ndarray, dict]:
         raise PipelineError(
             f"{path} is not a readable token array ({error}): run `dvc checkout` or `dvc repro -f`"
         ) from None
-    if tokens.ndim != 1 or tokens.dtype != np.dtype(meta["dtype"]) or len(tokens) != meta["num_tokens"]:
+    try:
+        matches = tokens.ndim == 1 and tokens.dtype == np.dtype(meta["dtype"]) and len(tokens) == meta["num_tokens"]
+    except (KeyError, TypeError):
+        matches = False
+    if not matches:
         raise PipelineError(f"{path} does not match {tokens_dir / META_FILE}: run `dvc repro -f tokenize`")
+    if ids_sha256(tokens) != meta["sha256"]:
+        raise PipelineError(f"{path} was edited or corrupted (its sha256 differs): run `dvc checkout`")
     return tokens, meta
+
+
+def progress(chunks: Iterator[str], bar) -> Iterator[str]:
+    """Pass text chunks through, advancing a progress bar counted in bytes."""
+    for chunk in chunks:
+        bar.update(len(chunk.encode("utf-8")))
+        yield chunk
 
 
 def main() -> None:
     params = load_params("tokenize", SCHEMA)
     encoding = load_encoding(params["encoding"])
     files = corpus_files(RAW_DIR)
-    tokens, starts = tokenize([read_text(path) for path in files], encoding)
-    if len(tokens) == 0:
-        raise PipelineError(f"the corpus in {RAW_DIR} encodes to no tokens: use a corpus with text in it")
-    meta = {
-        "encoding": params["encoding"],
-        "vocab_size": encoding.n_vocab,
-        "eot_token": encoding.eot_token,
-        "dtype": tokens.dtype.name,
-        "num_tokens": len(tokens),
-        "documents": [
-            {"file": path.name, "start": start, "num_tokens": end - start}
-            for path, start, end in zip(files, starts, [*(s - 1 for s in starts[1:]), len(tokens)], strict=True)
-        ],
-    }
+    dtype = token_dtype(encoding.n_vocab)
     with output_dir(OUT_DIR) as tmp:
-        np.save(tmp / TOKENS_FILE, tokens, allow_pickle=False)
-        write_json(tmp / META_FILE, meta)
+        token_file = TokenFile(tmp / TOKENS_FILE, dtype)
+        with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, disable=None) as bar:
+            documents = (progress(read_chunks(path), bar) for path in files)
+            starts = tokenize_documents(
+                documents, encoding, token_file.append, literal_endoftext=params["literal_endoftext"]
+            )
+        token_file.close()
+        num_tokens = token_file.num_tokens
+        if num_tokens == 0:
+            raise PipelineError(f"the corpus in {RAW_DIR} encodes to no tokens: use a corpus with text in it")
+        write_json(
+            tmp / META_FILE,
+            {
+                "encoding": params["encoding"],
+                "vocab_size": encoding.n_vocab,
+                "eot_token": encoding.eot_token,
+                "dtype": dtype.name,
+                "num_tokens": num_tokens,
+                "sha256": token_file.sha256.hexdigest(),
+                "documents": [
+                    {"file": path.relative_to(RAW_DIR).as_posix(), "start": start, "num_tokens": end - start}
+                    for path, start, end in zip(files, starts, [*(s - 1 for s in starts[1:]), num_tokens], strict=True)
+                ],
+            },
+        )
+        first_tokens = np.load(tmp / TOKENS_FILE, mmap_mode="r")[:NUM_FIRST_TOKENS].tolist()
     write_metrics(
         "tokenize",
         {
-            "num_tokens": len(tokens),
+            "num_tokens": num_tokens,
+            "num_documents": len(files),
             "vocab_size": encoding.n_vocab,
-            "dtype": tokens.dtype.name,
-            "first_tokens": tokens[:NUM_FIRST_TOKENS].tolist(),
+            "dtype": dtype.name,
+            "first_tokens": first_tokens,
         },
     )
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_MERGES, run_stage, write_params, write_ranks_file
 
 from stages import tokenize as tok
-from stages.common import PipelineError, write_json
+from stages.common import PipelineError, ids_sha256, write_json
 from stages.tokenize import END_OF_TEXT, corpus_files, load_encoding, load_tokens, token_dtype, tokenize
 
 VERDICT_NUM_TOKENS = 5145
@@ -153,8 +153,8 @@ def test_large_vocabulary_gives_uint32_ids():
         n_vocab = 70_000
         eot_token = 69_999
 
-        def encode_ordinary(self, text):
-            return [65_536 + len(text), 1]
+        def encode_to_numpy(self, text, allowed_special, disallowed_special):
+            return np.array([65_536 + len(text), 1], dtype=np.uint32)
 
     ids, starts = tokenize(["ab", "abc"], BigEncoding())
 
@@ -208,6 +208,7 @@ def test_cli_fetch_then_tokenize_the_verdict(tmp_path, gpt2_cache, shared):
         "eot_token": GPT2_VOCAB - 1,
         "dtype": "uint16",
         "num_tokens": VERDICT_NUM_TOKENS,
+        "sha256": ids_sha256(tokens),
         "documents": [{"file": "the-verdict.txt", "start": 0, "num_tokens": VERDICT_NUM_TOKENS}],
     }
     metrics = json.loads((tmp_path / "metrics" / "tokenize.json").read_text())
@@ -267,8 +268,8 @@ def test_corpus_that_is_not_utf8_is_an_error(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café".encode("latin-1"))
 
-    with pytest.raises(PipelineError, match=r"is not UTF-8 text .* at byte 3"):
-        tok.read_text(path)
+    with pytest.raises(PipelineError, match=r"latin1.txt is not UTF-8 text"):
+        list(tok.read_chunks(path))
 
 
 # load_tokens
@@ -278,8 +279,9 @@ def test_corpus_that_is_not_utf8_is_an_error(tmp_path):
 def tokens_dir(tmp_path) -> Path:
     folder = tmp_path / "tokens"
     folder.mkdir()
-    np.save(folder / "tokens.npy", np.arange(1000, dtype=np.uint16), allow_pickle=False)
-    write_json(folder / "meta.json", {"dtype": "uint16", "num_tokens": 1000})
+    ids = np.arange(1000, dtype=np.uint16)
+    np.save(folder / "tokens.npy", ids, allow_pickle=False)
+    write_json(folder / "meta.json", {"dtype": "uint16", "num_tokens": 1000, "sha256": ids_sha256(ids)})
     return folder
 
 
@@ -303,11 +305,10 @@ def test_load_tokens_rejects_a_truncated_array(tokens_dir, keep):
         load_tokens(tokens_dir)
 
 
-@pytest.mark.parametrize(
-    "meta", [{"dtype": "uint32", "num_tokens": 1000}, {"dtype": "uint16", "num_tokens": 999}], ids=["dtype", "length"]
-)
-def test_load_tokens_rejects_an_array_that_does_not_match_its_metadata(tokens_dir, meta):
-    write_json(tokens_dir / "meta.json", meta)
+@pytest.mark.parametrize("change", [{"dtype": "uint32"}, {"num_tokens": 999}], ids=["dtype", "length"])
+def test_load_tokens_rejects_an_array_that_does_not_match_its_metadata(tokens_dir, change):
+    meta = json.loads((tokens_dir / "meta.json").read_text())
+    write_json(tokens_dir / "meta.json", {**meta, **change})
 
     with pytest.raises(PipelineError, match=r"does not match"):
         load_tokens(tokens_dir)

@@ -1,65 +1,98 @@
-"""Stage dataset: a PyTorch Dataset and DataLoader over the windows (the book's section 2.6).
+"""Stage dataset: a PyTorch Dataset and DataLoader over the windows (the book's sections 2.6 and 5.1).
 
+The tokens are split by position as the book's chapter 5 splits its text: the first
+(1 - val_fraction) of them train, the rest validate, and each side is windowed on its own.
 data/dataset/ is self-contained, so training code needs nothing else:
-  tokens.npy    the token ids, one flat uint16 (or uint32) array, the same bytes as data/tokens/tokens.npy
-  dataset.json  window geometry (max_length, stride, num_windows) and loader settings
-                (batch_size, shuffle, seed, drop_last), plus the encoding and vocab_size
+  train.bin     the training token ids, raw uint16 (uint32 for vocabularies over 65,536): nanoGPT's layout
+  val.bin       the validation token ids, the same way (empty when dataset.val_fraction is 0)
+  dataset.json  dtype, window geometry (max_length, stride), loader settings (batch_size, shuffle, seed,
+                drop_last), the encoding and vocab_size, and per split its file, num_tokens, num_windows
 
 Training code:  from stages.dataset import create_dataloader; loader = create_dataloader("data/dataset")
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data.distributed import DistributedSampler
 
 from stages.common import (
     PipelineError,
     boolean,
+    ids_sha256,
     load_params,
     non_negative_int,
     output_dir,
     positive_int,
     read_json,
+    require_fields,
     run,
     write_json,
     write_metrics,
 )
 from stages.tokenize import OUT_DIR as TOKENS_DIR
-from stages.tokenize import TOKENS_FILE, load_tokens
+from stages.tokenize import load_tokens
 from stages.window import OUT_DIR as WINDOWS_DIR
 from stages.window import WINDOWS_FILE, windows
 
 OUT_DIR = Path("data/dataset")
 DATASET_FILE = "dataset.json"
-FORMAT = "ch2-token-windows/1"
+FORMAT = "ch2-token-windows/2"
+SPLITS = ("train", "val")
+# What load_dataset reads from dataset.json; an edited file fails here in one line.
+CONFIG_FIELDS = {
+    "splits": dict,
+    "dtype": str,
+    "max_length": int,
+    "stride": int,
+    "batch_size": int,
+    "shuffle": bool,
+    "seed": int,
+}
+SPLIT_FIELDS = {"file": str, "num_tokens": int, "num_windows": int, "sha256": str}
+COPY_TOKENS = 1 << 24  # tokens per write when copying a split out of the token array
 
-SCHEMA = {"batch_size": positive_int, "shuffle": boolean, "seed": non_negative_int}
+
+def fraction(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise PipelineError(
+            f"{key} must be a number from 0 up to (not including) 1, got {value!r}: fix it in params.yaml"
+        )
+    return float(value)
+
+
+SCHEMA = {"batch_size": positive_int, "shuffle": boolean, "seed": non_negative_int, "val_fraction": fraction}
 
 
 class TokenWindowDataset(Dataset):
-    """(input_ids, target_ids) pairs sliced on demand from a memory-mapped token array.
+    """(input_ids, target_ids) pairs sliced on demand from a memory-mapped token file.
 
     Memory is O(tokens), not O(windows x max_length): nothing is materialised until an item is asked
     for. The memmap is opened lazily and never pickled, so each DataLoader worker opens its own.
     """
 
-    def __init__(self, tokens_path: str | Path, max_length: int, stride: int):
+    def __init__(self, tokens_path: str | Path, dtype: str, max_length: int, stride: int):
         self.tokens_path = Path(tokens_path)
+        self.dtype = np.dtype(dtype)
         self.max_length = max_length
         self.stride = stride
         self._tokens = self._windows = None
         self.num_windows = len(self.windows)
+        # Close the memmap again: each DataLoader worker (and the first item) opens its own.
+        self._tokens = self._windows = None
 
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.load(self.tokens_path, mmap_mode="r", allow_pickle=False)
+            # np.memmap cannot map an empty file; an empty split is an empty array.
+            empty = self.tokens_path.stat().st_size == 0
+            self._tokens = np.empty(0, self.dtype) if empty else np.memmap(self.tokens_path, self.dtype, mode="r")
         return self._tokens
 
     @property
@@ -78,100 +111,191 @@ class TokenWindowDataset(Dataset):
         row = torch.from_numpy(self.windows[index].astype(np.int64))
         return row[:-1], row[1:]
 
+    def __getitems__(self, indices: list[int]) -> WindowBatch:
+        """A whole batch gathered with one vectorised copy instead of one slice per window."""
+        rows = torch.from_numpy(self.windows[np.asarray(indices)].astype(np.int64))
+        return WindowBatch(rows[:, :-1], rows[:, 1:])
 
-def load_dataset(dataset_dir: str | Path = OUT_DIR) -> tuple[TokenWindowDataset, dict]:
-    """The dataset in `dataset_dir` and its settings from dataset.json."""
+
+class WindowBatch(Sequence):
+    """A gathered batch that still reads as a sequence of (input, target) pairs.
+
+    A plain DataLoader's default_collate stacks the pairs as usual; collate_windows, which
+    create_dataloader uses, returns the two batch tensors as they are, with no per-window copies.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+
+def collate_windows(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, WindowBatch):
+        return batch.inputs, batch.targets
+    return default_collate(batch)
+
+
+def load_dataset(dataset_dir: str | Path = OUT_DIR, split: str = "train") -> tuple[TokenWindowDataset, dict]:
+    """One split of the dataset in `dataset_dir`, and the settings from its dataset.json."""
     dataset_dir = Path(dataset_dir)
     config = read_json(dataset_dir / DATASET_FILE)
-    if config.get("format") != FORMAT:
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PipelineError(f"{dataset_dir / DATASET_FILE} is not in format {FORMAT}: rebuild it with `dvc repro`")
-    try:
-        dataset = TokenWindowDataset(dataset_dir / config["tokens"], config["max_length"], config["stride"])
-    except (OSError, ValueError, EOFError) as error:
-        raise PipelineError(f"cannot read the tokens of {dataset_dir} ({error}): run `dvc checkout`") from None
-    tokens = dataset.tokens
-    if tokens.dtype != np.dtype(config["dtype"]) or len(tokens) != config["num_tokens"]:
+    if split not in SPLITS:
+        raise PipelineError(f"split {split!r} is unknown: use one of {', '.join(SPLITS)}")
+    require_fields(config, CONFIG_FIELDS, dataset_dir / DATASET_FILE)
+    recorded = require_fields(config["splits"].get(split), SPLIT_FIELDS, f"{dataset_dir / DATASET_FILE} ({split})")
+    if recorded["num_windows"] == 0:
+        raise PipelineError(f"{dataset_dir} has no {split} windows: set dataset.val_fraction above 0 and rerun")
+    path = dataset_dir / recorded["file"]
+    expected_bytes = recorded["num_tokens"] * np.dtype(config["dtype"]).itemsize
+    if not path.is_file() or path.stat().st_size != expected_bytes:
         raise PipelineError(
-            f"{dataset.tokens_path} holds {len(tokens)} {tokens.dtype} ids, not the {config['num_tokens']} "
-            f"{config['dtype']} ids {DATASET_FILE} records: run `dvc checkout`"
+            f"{path} should hold {recorded['num_tokens']} {config['dtype']} ids ({expected_bytes} bytes) "
+            f"as {DATASET_FILE} records: run `dvc checkout` to restore it"
         )
-    if len(dataset) != config["num_windows"]:
-        raise PipelineError(
-            f"{dataset_dir} holds {len(dataset)} windows, not {config['num_windows']}: run `dvc checkout`"
-        )
+    dataset = TokenWindowDataset(path, config["dtype"], config["max_length"], config["stride"])
+    if ids_sha256(dataset.tokens) != recorded["sha256"]:
+        raise PipelineError(f"{path} was edited or corrupted (its sha256 differs): run `dvc checkout`")
+    if len(dataset) != recorded["num_windows"]:
+        raise PipelineError(f"{path} gives {len(dataset)} windows, not {recorded['num_windows']}: run `dvc checkout`")
     return dataset, config
 
 
 def create_dataloader(
     dataset_dir: str | Path = OUT_DIR,
+    split: str = "train",
     *,
     batch_size: int | None = None,
     shuffle: bool | None = None,
     seed: int | None = None,
     drop_last: bool | None = None,
     num_workers: int = 0,
+    distributed: bool = False,
 ) -> DataLoader:
-    """A DataLoader over data/dataset/, with the settings the pipeline recorded unless overridden.
+    """A DataLoader over one split of data/dataset/, with the recorded settings unless overridden.
 
-    The shuffle is drawn from a generator seeded with `seed`, so the batch order is the same every run.
+    As in the book, the training split is shuffled (from a generator seeded with `seed`, so the order
+    is the same every run) and drops its last partial batch; the validation split does neither.
+    With distributed=True (inside torch.distributed) each rank draws a disjoint share through a
+    DistributedSampler seeded the same way: call loader.sampler.set_epoch(epoch) at every epoch.
     """
-    dataset, config = load_dataset(dataset_dir)
+    dataset, config = load_dataset(dataset_dir, split)
+    training = split == "train"
+    shuffle = (config["shuffle"] and training) if shuffle is None else shuffle
+    seed = config["seed"] if seed is None else seed
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    elif shuffle:
+        sampler = ShuffledWindows(len(dataset), torch.Generator().manual_seed(seed))
+    else:
+        sampler = None  # in order
     return DataLoader(
         dataset,
         batch_size=config["batch_size"] if batch_size is None else batch_size,
-        shuffle=config["shuffle"] if shuffle is None else shuffle,
-        drop_last=config["drop_last"] if drop_last is None else drop_last,
+        sampler=sampler,
+        drop_last=training if drop_last is None else drop_last,
         num_workers=num_workers,
-        generator=torch.Generator().manual_seed(config["seed"] if seed is None else seed),
+        collate_fn=collate_windows,
     )
 
 
-def link_or_copy(source: Path, dest: Path) -> None:
-    """Share the token file's bytes instead of copying them where the filesystem allows."""
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
+class ShuffledWindows(Sampler[int]):
+    """Every window index once an epoch, in a new seeded order each epoch.
+
+    torch's RandomSampler turns each epoch's permutation into a Python list, 36 bytes a window: 11 GB
+    for the 300 million windows of a 1 GB corpus at stride 1. This keeps it as an int32 tensor (4 bytes
+    a window) and hands it out a slice at a time.
+    """
+
+    SLICE = 1 << 16
+
+    def __init__(self, num_windows: int, generator: torch.Generator):
+        self.num_windows = num_windows
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def __iter__(self) -> Iterator[int]:
+        dtype = torch.int32 if self.num_windows < 1 << 31 else torch.int64
+        order = torch.randperm(self.num_windows, generator=self.generator, dtype=dtype)
+        for start in range(0, self.num_windows, self.SLICE):
+            yield from order[start : start + self.SLICE].tolist()
+
+
+def split_tokens(num_tokens: int, val_fraction: float) -> int:
+    """How many tokens train: the book's split_idx = int(train_ratio * len(data))."""
+    return int((1 - val_fraction) * num_tokens)
+
+
+def write_tokens(tokens: np.ndarray, path: Path) -> None:
+    """Raw ids, a slice at a time, so even a corpus larger than memory is copied with flat memory."""
+    with open(path, "wb") as file:
+        for start in range(0, len(tokens), COPY_TOKENS):
+            file.write(tokens[start : start + COPY_TOKENS].tobytes())
 
 
 def main() -> None:
     params = load_params("dataset", SCHEMA)
-    geometry = read_json(WINDOWS_DIR / WINDOWS_FILE)
+    geometry = read_json(WINDOWS_DIR / WINDOWS_FILE, {"num_tokens": int, "max_length": int, "stride": int})
     tokens, meta = load_tokens(TOKENS_DIR)
     if geometry["num_tokens"] != len(tokens):
         raise PipelineError(f"{WINDOWS_DIR} was built from other tokens than {TOKENS_DIR}: run `dvc repro`")
-    num_batches = geometry["num_windows"] // params["batch_size"]
-    if num_batches == 0:
+    max_length, stride, batch_size = geometry["max_length"], geometry["stride"], params["batch_size"]
+    num_train = split_tokens(len(tokens), params["val_fraction"])
+    parts = {"train": tokens[:num_train], "val": tokens[num_train:]}
+    splits = {}
+    for split, part in parts.items():
+        if split == "val" and params["val_fraction"] == 0:
+            num_windows = 0
+        elif len(part) < max_length + 1:
+            raise PipelineError(
+                f"the {split} split has {len(part)} tokens, fewer than max_length + 1 = {max_length + 1}: "
+                "change dataset.val_fraction or lower window.max_length"
+            )
+        else:
+            num_windows = len(windows(part, max_length, stride))
+        splits[split] = {
+            "file": f"{split}.bin",
+            "num_tokens": len(part),
+            "num_windows": num_windows,
+            "sha256": ids_sha256(part),
+        }
+    if splits["train"]["num_windows"] < batch_size:
         raise PipelineError(
-            f"dataset.batch_size {params['batch_size']} exceeds the {geometry['num_windows']} windows: "
-            "lower dataset.batch_size, or window.stride"
+            f"dataset.batch_size {batch_size} exceeds the {splits['train']['num_windows']} training windows: "
+            "lower dataset.batch_size, window.stride or dataset.val_fraction"
         )
     config = {
         "format": FORMAT,
-        "tokens": TOKENS_FILE,
         "dtype": meta["dtype"],
-        "num_tokens": len(tokens),
         "encoding": meta["encoding"],
         "vocab_size": meta["vocab_size"],
-        "max_length": geometry["max_length"],
-        "stride": geometry["stride"],
-        "num_windows": geometry["num_windows"],
+        "max_length": max_length,
+        "stride": stride,
         **params,
-        "drop_last": True,
-        "num_batches": num_batches,
+        "splits": splits,
     }
     with output_dir(OUT_DIR) as tmp:
-        link_or_copy(TOKENS_DIR / TOKENS_FILE, tmp / TOKENS_FILE)
+        for split, part in parts.items():
+            write_tokens(part, tmp / splits[split]["file"])
         write_json(tmp / DATASET_FILE, config)
         loader = create_dataloader(tmp)
         inputs, targets = next(iter(loader))
     write_metrics(
         "dataset",
         {
-            "num_windows": config["num_windows"],
+            "num_windows": splits["train"]["num_windows"],
             "num_batches": len(loader),
             "batch_input_shape": list(inputs.shape),
             "batch_target_shape": list(targets.shape),
+            "val_num_windows": splits["val"]["num_windows"],
         },
     )
 

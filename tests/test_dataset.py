@@ -13,8 +13,15 @@ from conftest import assert_one_line_error, run_stage
 from pipeline_fixtures import CHAIN_DATASET, CHAIN_WINDOW, built_chain, copy_project, snapshot
 from torch.utils.data import DataLoader
 
-from stages.common import PipelineError
-from stages.dataset import FORMAT, TokenWindowDataset, create_dataloader, load_dataset
+from stages.common import PipelineError, ids_sha256
+from stages.dataset import (
+    FORMAT,
+    ShuffledWindows,
+    TokenWindowDataset,
+    collate_windows,
+    create_dataloader,
+    load_dataset,
+)
 from stages.tokenize import load_tokens
 from stages.window import inputs_and_targets, windows
 
@@ -23,19 +30,19 @@ MAX_LENGTH, STRIDE = 4, 3
 
 @pytest.fixture
 def token_file(tmp_path):
-    """53 uint16 ids, many above 2**15 so a signed conversion would show."""
-    path = tmp_path / "tokens.npy"
-    np.save(path, np.random.default_rng(1).integers(0, 50257, size=53, dtype=np.uint16), allow_pickle=False)
+    """53 raw uint16 ids, many above 2**15 so a signed conversion would show."""
+    path = tmp_path / "train.bin"
+    np.random.default_rng(1).integers(0, 50257, size=53, dtype=np.uint16).tofile(path)
     return path
 
 
 @pytest.fixture
 def dataset(token_file):
-    return TokenWindowDataset(token_file, MAX_LENGTH, STRIDE)
+    return TokenWindowDataset(token_file, "uint16", MAX_LENGTH, STRIDE)
 
 
 def expected_pairs(token_file, max_length=MAX_LENGTH, stride=STRIDE):
-    inputs, targets = inputs_and_targets(windows(np.load(token_file), max_length, stride))
+    inputs, targets = inputs_and_targets(windows(np.fromfile(token_file, np.uint16), max_length, stride))
     return inputs.astype(np.int64), targets.astype(np.int64)
 
 
@@ -52,9 +59,18 @@ def test_items_are_the_windows_as_int64_tensors(dataset, token_file):
     assert (inputs >= 2**15).any()
 
 
+def test_a_batch_gathered_at_once_equals_the_items_one_by_one(dataset):
+    indices = [7, 0, 12, 3, 3]
+
+    gathered = dataset.__getitems__(indices)
+
+    for (x, y), index in zip(gathered, indices, strict=True):
+        assert torch.equal(x, dataset[index][0]) and torch.equal(y, dataset[index][1])
+
+
 def test_pickling_drops_the_memmap_and_the_copy_reopens_it(dataset, token_file):
     dataset[0]  # opens the memmap
-    assert dataset._windows is not None
+    assert dataset._windows is not None and dataset._tokens is not None
 
     clone = pickle.loads(pickle.dumps(dataset))
 
@@ -67,23 +83,62 @@ def test_pickling_drops_the_memmap_and_the_copy_reopens_it(dataset, token_file):
 
 
 def test_pickled_dataset_does_not_carry_the_token_bytes(tmp_path):
-    path = tmp_path / "tokens.npy"
-    np.save(path, np.zeros(100_000, dtype=np.uint16), allow_pickle=False)
-    dataset = TokenWindowDataset(path, MAX_LENGTH, STRIDE)
+    path = tmp_path / "train.bin"
+    np.zeros(100_000, dtype=np.uint16).tofile(path)
+    dataset = TokenWindowDataset(path, "uint16", MAX_LENGTH, STRIDE)
     dataset[0]
 
     assert len(pickle.dumps(dataset)) < 10_000
 
 
-def test_two_workers_yield_the_same_batches_as_the_main_process(dataset):
+def fail_if_the_memmap_came_along(worker_id: int) -> None:
+    dataset = torch.utils.data.get_worker_info().dataset
+    if dataset._tokens is not None or dataset._windows is not None:
+        raise AssertionError(f"worker {worker_id} was handed an open memmap")
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_workers_open_the_tokens_lazily_and_yield_the_same_batches(dataset, context):
     def batches(num_workers):
-        loader = DataLoader(dataset, batch_size=3, shuffle=False, num_workers=num_workers)
+        loader = DataLoader(
+            dataset,
+            batch_size=3,
+            shuffle=False,
+            num_workers=num_workers,
+            worker_init_fn=fail_if_the_memmap_came_along if num_workers else None,
+            multiprocessing_context=context if num_workers else None,
+        )
         return [(x.tolist(), y.tolist()) for x, y in loader]
 
-    single = batches(0)
+    assert dataset._tokens is None  # constructing it does not keep the file open
+    with_workers = batches(2)  # first, so not even a forked worker inherits an open memmap
 
-    assert batches(2) == single
-    assert len(single) == -(-len(dataset) // 3)
+    assert with_workers == batches(0)
+    assert len(with_workers) == -(-len(dataset) // 3)
+
+
+def test_shuffled_windows_give_every_index_once_an_epoch_in_a_seeded_new_order():
+    def epochs(seed):
+        sampler = ShuffledWindows(200_000, torch.Generator().manual_seed(seed))
+        return list(sampler), list(sampler)
+
+    first, second = epochs(3)
+
+    assert sorted(first) == sorted(second) == list(range(200_000))
+    assert first != second and first != sorted(first)
+    assert epochs(3) == (first, second)
+    assert epochs(4)[0] != first
+
+
+def test_create_dataloader_batches_equal_a_plain_dataloaders(tmp_path, token_file):
+    dataset = TokenWindowDataset(token_file, "uint16", MAX_LENGTH, STRIDE)
+    plain = DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5))
+    fast = DataLoader(
+        dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5), collate_fn=collate_windows
+    )
+
+    for (x1, y1), (x2, y2) in zip(plain, fast, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +156,53 @@ def chain_windows(chain):
 def test_dataset_stage_records_geometry_and_loader_settings(chain, chain_windows):
     config = json.loads((chain / "data" / "dataset" / "dataset.json").read_text())
     num_windows = len(chain_windows[0])
+    tokens, _ = load_tokens(chain / "data" / "tokens")
 
     assert config["format"] == FORMAT
-    assert config["num_windows"] == num_windows
+    assert config["splits"]["train"] == {
+        "file": "train.bin",
+        "num_tokens": len(tokens),
+        "num_windows": num_windows,
+        "sha256": ids_sha256(tokens),
+    }
+    assert config["splits"]["val"] == {"file": "val.bin", "num_tokens": 0, "num_windows": 0, "sha256": ids_sha256([])}
     assert {key: config[key] for key in CHAIN_WINDOW} == CHAIN_WINDOW
     assert {key: config[key] for key in CHAIN_DATASET} == CHAIN_DATASET
-    assert config["num_batches"] == num_windows // CHAIN_DATASET["batch_size"]
-    dataset_tokens = np.load(chain / "data" / "dataset" / "tokens.npy")
-    tokens, _ = load_tokens(chain / "data" / "tokens")
-    assert np.array_equal(dataset_tokens, tokens) and dataset_tokens.dtype == tokens.dtype
+    train = np.fromfile(chain / "data" / "dataset" / "train.bin", np.dtype(config["dtype"]))
+    assert np.array_equal(train, tokens) and train.dtype == tokens.dtype
+    assert (chain / "data" / "dataset" / "val.bin").read_bytes() == b""
     metrics = json.loads((chain / "metrics" / "dataset.json").read_text())
-    assert metrics["num_batches"] == config["num_batches"]
+    assert metrics["num_batches"] == num_windows // CHAIN_DATASET["batch_size"]
     assert json.loads(metrics["batch_input_shape"]) == [CHAIN_DATASET["batch_size"], CHAIN_WINDOW["max_length"]]
+    with pytest.raises(PipelineError, match="no val windows"):
+        load_dataset(chain / "data" / "dataset", "val")
+
+
+def test_val_fraction_splits_by_token_position_and_windows_each_side_alone(chain, tmp_path):
+    project = copy_project(chain, tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"]["val_fraction"] = 0.25
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = run_stage("dataset", project)
+
+    assert result.returncode == 0, result.stderr
+    tokens, _ = load_tokens(project / "data" / "tokens")
+    num_train = int(0.75 * len(tokens))
+    dataset_dir = project / "data" / "dataset"
+    assert np.array_equal(np.fromfile(dataset_dir / "train.bin", np.uint16), tokens[:num_train])
+    assert np.array_equal(np.fromfile(dataset_dir / "val.bin", np.uint16), tokens[num_train:])
+    max_length, stride = CHAIN_WINDOW["max_length"], CHAIN_WINDOW["stride"]
+    for split, part in (("train", tokens[:num_train]), ("val", tokens[num_train:])):
+        dataset, _ = load_dataset(dataset_dir, split)
+        inputs, targets = inputs_and_targets(windows(part, max_length, stride))
+        assert len(dataset) == len(inputs)
+        assert dataset[len(dataset) - 1][1].tolist() == targets[-1].tolist()  # no window crosses the split
+    val_loader = create_dataloader(dataset_dir, "val")
+    val_inputs = torch.cat([x for x, _ in val_loader])
+    assert val_inputs.tolist() == inputs_and_targets(windows(tokens[num_train:], max_length, stride))[0].tolist()
+    metrics = json.loads((project / "metrics" / "dataset.json").read_text())
+    assert metrics["val_num_windows"] == len(val_inputs)
 
 
 def test_dataloader_gives_full_batches_of_batch_size_by_max_length(chain, chain_windows):
@@ -163,7 +253,7 @@ def test_seeded_shuffle_repeats_and_another_seed_changes_it(chain, chain_windows
 def test_load_dataset_returns_the_dataset_and_its_settings(chain, chain_windows):
     dataset, config = load_dataset(chain / "data" / "dataset")
 
-    assert len(dataset) == config["num_windows"] == len(chain_windows[0])
+    assert len(dataset) == config["splits"]["train"]["num_windows"] == len(chain_windows[0])
     assert dataset[5][0].tolist() == chain_windows[0][5].tolist()
 
 
@@ -177,7 +267,7 @@ def test_load_dataset_rejects_another_format(chain, tmp_path):
     dataset_dir = copy_project(chain / "data" / "dataset", tmp_path / "dataset")
     rewrite_json(dataset_dir / "dataset.json", format="ch2-token-windows/0")
 
-    with pytest.raises(PipelineError, match="is not in format ch2-token-windows/1"):
+    with pytest.raises(PipelineError, match=f"is not in format {FORMAT}"):
         load_dataset(dataset_dir)
 
 
@@ -189,33 +279,14 @@ def test_load_dataset_rejects_a_missing_dataset_json(chain, tmp_path):
         load_dataset(dataset_dir)
 
 
-@pytest.mark.parametrize("tamper", ["half", "int64"])
-def test_load_dataset_rejects_tokens_that_do_not_match_dataset_json(chain, tmp_path, tamper):
+@pytest.mark.parametrize("content", ["half", "one-byte-more", "empty"])
+def test_load_dataset_rejects_a_token_file_that_does_not_match_dataset_json(chain, tmp_path, content):
     dataset_dir = copy_project(chain / "data" / "dataset", tmp_path / "dataset")
-    tokens = np.load(dataset_dir / "tokens.npy")
-    tampered = tokens[: len(tokens) // 2] if tamper == "half" else tokens.astype(np.int64)
-    np.save(dataset_dir / "tokens.npy", tampered, allow_pickle=False)
+    original = (dataset_dir / "train.bin").read_bytes()
+    replacement = {"half": original[: len(original) // 2], "one-byte-more": original + b"x", "empty": b""}[content]
+    (dataset_dir / "train.bin").write_bytes(replacement)
 
-    with pytest.raises(PipelineError, match="ids, not the"):
-        load_dataset(dataset_dir)
-
-
-@pytest.mark.parametrize("content", ["garbage", "truncated", "empty"])
-def test_load_dataset_rejects_an_unreadable_tokens_file(chain, tmp_path, content):
-    dataset_dir = copy_project(chain / "data" / "dataset", tmp_path / "dataset")
-    original = (dataset_dir / "tokens.npy").read_bytes()
-    replacement = {"garbage": b"not a numpy file", "truncated": original[:200], "empty": b""}[content]
-    (dataset_dir / "tokens.npy").write_bytes(replacement)
-
-    with pytest.raises(PipelineError, match="cannot read the tokens"):
-        load_dataset(dataset_dir)
-
-
-def test_load_dataset_rejects_tokens_too_short_for_one_window(chain, tmp_path):
-    dataset_dir = copy_project(chain / "data" / "dataset", tmp_path / "dataset")
-    np.save(dataset_dir / "tokens.npy", np.arange(CHAIN_WINDOW["max_length"], dtype=np.uint16), allow_pickle=False)
-
-    with pytest.raises(PipelineError, match="max_length"):
+    with pytest.raises(PipelineError, match="as dataset.json records: run `dvc checkout`"):
         load_dataset(dataset_dir)
 
 
@@ -229,5 +300,5 @@ def test_batch_size_above_the_window_count_is_one_error_line(chain, tmp_path):
 
     result = run_stage("dataset", project)
 
-    assert_one_line_error(result, f"dataset.batch_size {num_windows + 1} exceeds the {num_windows} windows")
+    assert_one_line_error(result, f"dataset.batch_size {num_windows + 1} exceeds the {num_windows} training windows")
     assert snapshot(project, "data/dataset", "metrics/dataset.json") == before

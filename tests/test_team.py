@@ -36,8 +36,9 @@ def team(tmp_path_factory) -> Path:
     a = project_repo(team / "a")
     sh(team, "git", "init", "-q", "--bare", "--initial-branch=main", "origin.git")
     dvc(a, "repro")
-    sh(a, "git", "add", "-A")
-    sh(a, "git", "commit", "-qm", "reproduce")
+    if sh(a, "git", "status", "--porcelain").stdout:  # nothing to commit when the committed dvc.lock holds
+        sh(a, "git", "add", "-A")
+        sh(a, "git", "commit", "-qm", "reproduce")
     sh(a, "git", "remote", "add", "origin", str(team / "origin.git"))
     sh(a, "git", "push", "-q", "origin", "HEAD:main")
     return team

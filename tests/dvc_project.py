@@ -1,11 +1,13 @@
 """The project as a git repo in a temporary folder, for tests that run the real `dvc repro` in clones of it.
 
-Runs DVC and git with the helpers of test_pipeline_e2e (same environment: the corpus mirror and tiktoken
-cache from ../shared, the venv's python on PATH).
+DVC and git run with the corpus mirror and tiktoken cache from ../shared, and this interpreter's python
+first on PATH, as in an activated venv (dvc.yaml runs `python -m stages.x`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +15,38 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TIKTOKEN_CACHE, VERDICT
-from test_pipeline_e2e import dvc, pipeline_env, reproduced, sh
+from conftest import ROOT, SHARED, TIKTOKEN_CACHE, VERDICT
 
-__all__ = ["clone", "dvc", "outputs", "popen_dvc", "project_repo", "reproduced", "set_params", "sh"]
+__all__ = ["clone", "dvc", "outputs", "pipeline_env", "popen_dvc", "project_repo", "reproduced", "set_params", "sh"]
+
+
+def pipeline_env() -> dict:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE),
+        "CORPUS_MIRROR": str(SHARED / "corpus"),
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+
+
+def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def reproduced(output: str) -> set[str]:
+    """Stages a `dvc repro` ran or restored from the run-cache (as opposed to skipped as unchanged)."""
+    return set(re.findall(r"Running stage '(\w+)'", output)) | set(re.findall(r"Stage '(\w+)' is cached", output))
 
 
 def require_shared() -> None:

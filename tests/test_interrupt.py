@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHARED
-from dvc_project import clone, dvc, outputs, popen_dvc, project_repo, set_params, sh
-from test_pipeline_e2e import pipeline_env
+from dvc_project import clone, dvc, outputs, pipeline_env, popen_dvc, project_repo, set_params, sh
 
 SHAKESPEARE = SHARED / "corpus" / "tinyshakespeare.txt"
 REPEATS = 18  # about 20 MB

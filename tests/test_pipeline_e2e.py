@@ -9,61 +9,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import ROOT, SHARED, TIKTOKEN_CACHE, VERDICT, VERDICT_SHA256
+from conftest import VERDICT, VERDICT_SHA256
+from dvc_project import dvc, project_repo, reproduced, set_params, sh
 from safetensors.numpy import load_file
 
-STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep"}
-
-
-def pipeline_env() -> dict:
-    return {
-        **os.environ,
-        # dvc.yaml runs `python -m stages.x`: the python next to this interpreter, as in an activated venv.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "TIKTOKEN_CACHE_DIR": str(TIKTOKEN_CACHE),
-        "CORPUS_MIRROR": str(SHARED / "corpus"),
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-
-
-def sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def reproduced(output: str) -> set[str]:
-    """Stages a `dvc repro` ran or restored from the run-cache (as opposed to skipped as unchanged)."""
-    return set(re.findall(r"Running stage '(\w+)'", output)) | set(re.findall(r"Stage '(\w+)' is cached", output))
+STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep", "stats"}
 
 
 def metrics(repo: Path, stage: str) -> dict:
     return json.loads((repo / "metrics" / f"{stage}.json").read_text())
-
-
-def set_param(repo: Path, section: str, key: str, value) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def restore(repo: Path) -> None:
@@ -75,31 +33,15 @@ def restore(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    if not VERDICT.is_file() or not TIKTOKEN_CACHE.is_dir():
-        pytest.skip("../shared (the real corpus and tiktoken's GPT-2 cache) is not beside the project")
-    repo = tmp_path_factory.mktemp("project")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "copy of the project")
+    repo = project_repo(tmp_path_factory.mktemp("project"))
     repo.joinpath("first-repro.log").write_text(dvc(repo, "repro").stdout)
     return repo
 
 
 def test_fresh_clone_repro_runs_every_stage_with_cached_outputs(repo):
-    # sweep's outputs are small files committed to git, and its input tokens come out byte-identical,
-    # so DVC rightly finds it up to date.
-    assert reproduced((repo / "first-repro.log").read_text()) == STAGES - {"sweep"}
+    # sweep's and stats' outputs are small files committed to git, and their input tokens come out
+    # byte-identical, so DVC rightly finds them up to date.
+    assert reproduced((repo / "first-repro.log").read_text()) == STAGES - {"sweep", "stats"}
 
 
 def test_repro_reproduces_the_books_figures(repo):
@@ -154,8 +96,8 @@ def test_metrics_show_prints_the_figures(repo):
 
 def test_dag_and_plot_render(repo):
     dag = dvc(repo, "dag", "--mermaid").stdout
-    for edge in ("fetch", "tokenize", "window", "dataset", "embed", "sweep"):
-        assert edge in dag
+    for stage in STAGES:
+        assert stage in dag
     vega = json.loads(dvc(repo, "plots", "show", "--json").stdout)
     (plot,) = vega["data"]["metrics/sweep.csv"]
     assert plot["content"]["encoding"]["color"]["field"] == "max_length"
@@ -167,7 +109,7 @@ def test_noop_repro_runs_nothing(repo):
 
 
 def test_changing_embed_dim_reruns_only_embed(repo):
-    set_param(repo, "embed", "dim", 64)
+    set_params(repo, "embed", dim=64)
     assert reproduced(dvc(repo, "repro").stdout) == {"embed"}
     assert json.loads(metrics(repo, "embed")["input_embedding_shape"]) == [8, 4, 64]
     restore(repo)
@@ -175,7 +117,7 @@ def test_changing_embed_dim_reruns_only_embed(repo):
 
 def test_changing_stride_reruns_window_dataset_embed_only(repo):
     tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
-    set_param(repo, "window", "stride", 2)
+    set_params(repo, "window", stride=2)
     assert reproduced(dvc(repo, "repro").stdout) == {"window", "dataset", "embed"}
     assert metrics(repo, "window")["num_windows"] == 2571
     assert (repo / "data/tokens/tokens.npy").read_bytes() == tokens_before
@@ -184,7 +126,7 @@ def test_changing_stride_reruns_window_dataset_embed_only(repo):
 
 def test_bad_param_fails_in_one_line_and_keeps_upstream_outputs(repo):
     tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
-    set_param(repo, "window", "stride", 0)
+    set_params(repo, "window", stride=0)
     result = dvc(repo, "repro", check=False)
     assert result.returncode != 0
     assert "error: window.stride must be a positive integer, got 0" in result.stderr

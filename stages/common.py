@@ -153,11 +153,16 @@ def write_file_atomic(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def ids_sha256(ids, chunk: int = 1 << 24) -> str:
-    """The sha256 of a token array's bytes, a slice at a time so a memory-mapped corpus stays on disk."""
-    digest = hashlib.sha256()
+def id_bytes(ids, chunk: int = 1 << 24) -> Iterator[bytes]:
+    """A token array's bytes a slice at a time, so a memory-mapped corpus never has to fit in memory."""
     for start in range(0, len(ids), chunk):
-        digest.update(ids[start : start + chunk].tobytes())
+        yield ids[start : start + chunk].tobytes()
+
+
+def ids_sha256(ids) -> str:
+    digest = hashlib.sha256()
+    for data in id_bytes(ids):
+        digest.update(data)
     return digest.hexdigest()
 
 

@@ -13,6 +13,7 @@ Training code:  from stages.dataset import create_dataloader; loader = create_da
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from stages.common import (
     PipelineError,
     boolean,
+    id_bytes,
     ids_sha256,
     load_params,
     non_negative_int,
@@ -56,7 +58,6 @@ CONFIG_FIELDS = {
     "seed": int,
 }
 SPLIT_FIELDS = {"file": str, "num_tokens": int, "num_windows": int, "sha256": str}
-COPY_TOKENS = 1 << 24  # tokens per write when copying a split out of the token array
 
 
 def fraction(key: str, value: Any) -> float:
@@ -234,11 +235,14 @@ def split_tokens(num_tokens: int, val_fraction: float) -> int:
     return int((1 - val_fraction) * num_tokens)
 
 
-def write_tokens(tokens: np.ndarray, path: Path) -> None:
-    """Raw ids, a slice at a time, so even a corpus larger than memory is copied with flat memory."""
+def write_tokens(tokens: np.ndarray, path: Path) -> str:
+    """Write the raw ids with flat memory; return their sha256, taken in the same pass."""
+    digest = hashlib.sha256()
     with open(path, "wb") as file:
-        for start in range(0, len(tokens), COPY_TOKENS):
-            file.write(tokens[start : start + COPY_TOKENS].tobytes())
+        for data in id_bytes(tokens):
+            file.write(data)
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def main() -> None:
@@ -261,12 +265,7 @@ def main() -> None:
             )
         else:
             num_windows = len(windows(part, max_length, stride))
-        splits[split] = {
-            "file": f"{split}.bin",
-            "num_tokens": len(part),
-            "num_windows": num_windows,
-            "sha256": ids_sha256(part),
-        }
+        splits[split] = {"file": f"{split}.bin", "num_tokens": len(part), "num_windows": num_windows}
     if splits["train"]["num_windows"] < batch_size:
         raise PipelineError(
             f"dataset.batch_size {batch_size} exceeds the {splits['train']['num_windows']} training windows: "
@@ -284,7 +283,7 @@ def main() -> None:
     }
     with output_dir(OUT_DIR) as tmp:
         for split, part in parts.items():
-            write_tokens(part, tmp / splits[split]["file"])
+            splits[split]["sha256"] = write_tokens(part, tmp / splits[split]["file"])
         write_json(tmp / DATASET_FILE, config)
         loader = create_dataloader(tmp)
         inputs, targets = next(iter(loader))

@@ -1,15 +1,13 @@
-"""Stage tokenize: the corpus as one flat array of token ids (the book's section 2.5, BPE with tiktoken).
+"""BPE tokenization with tiktoken (the book's section 2.5), streamed so corpora of any size fit in flat memory.
 
-Every file under data/raw is a document, encoded in order of its path, with the end-of-text token
-between documents. Files are streamed in chunks cut where tokenization is unaffected, encoded on all
-cores, and appended to data/tokens/tokens.npy, so memory stays flat whatever the corpus size.
-Text that spells "<|endoftext|>" is ordinary text unless tokenize.literal_endoftext is "token".
+Each document is read in chunks cut only where tokenization is unaffected (`safe_cut`), the chunks are
+encoded on a thread pool, and their ids come back in order with the end-of-text token between documents.
+Text that spells "<|endoftext|>" is ordinary text unless literal_endoftext is "token".
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -17,38 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from stages.common import (
-    PipelineError,
-    ids_sha256,
-    load_params,
-    output_dir,
-    read_json,
-    run,
-    text,
-    write_json,
-    write_metrics,
-)
+from llmpipe.errors import PipelineError, one_line, shown
+from llmpipe.formats import token_dtype
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/tokens")
-TOKENS_FILE = "tokens.npy"
-META_FILE = "meta.json"
 END_OF_TEXT = "<|endoftext|>"
-NUM_FIRST_TOKENS = 20
 MAX_RANKS_BYTES = 64 << 20  # the largest of tiktoken's own, o200k_base, is 3.6 MB
 CHUNK_CHARS = 1 << 20  # text per encode call: big enough to keep tiktoken busy, small enough to stay flat
 NUM_THREADS = os.cpu_count() or 1
-
-
-def literal_endoftext(key: str, value: object) -> str:
-    if value not in ("text", "token"):
-        raise PipelineError(f"{key} must be text or token, got {value!r}: fix it in params.yaml")
-    return value
-
-
-SCHEMA = {"encoding": text, "literal_endoftext": literal_endoftext}
 
 
 def load_encoding(encoding: str):
@@ -59,15 +33,15 @@ def load_encoding(encoding: str):
         return _encoding_from_file(Path(encoding))
     if encoding not in tiktoken.list_encoding_names():
         raise PipelineError(
-            f"tokenize.encoding {encoding!r} is unknown: use one of {', '.join(tiktoken.list_encoding_names())} "
+            f"tokenize.encoding {shown(encoding)} is unknown: use one of {', '.join(tiktoken.list_encoding_names())} "
             "or the path of a .tiktoken file"
         )
     try:
         return tiktoken.get_encoding(encoding)
     except Exception as error:  # tiktoken downloads on a cache miss and raises whatever the network raised
         raise PipelineError(
-            f"could not load encoding {encoding!r} ({type(error).__name__}: {error}): "
-            "set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files (README: offline use)"
+            f"could not load encoding {shown(encoding)} ({type(error).__name__}: {one_line(str(error))}): "
+            "set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files (docs/pipeline.md, offline use)"
         ) from None
 
 
@@ -114,11 +88,6 @@ def _encoding_from_file(path: Path):
         mergeable_ranks=ranks,
         special_tokens={END_OF_TEXT: max(ranks.values()) + 1},
     )
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 as nanoGPT stores GPT-2 ids; uint32 when the vocabulary does not fit."""
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
 def safe_cut(text: str, limit: int) -> int:
@@ -180,8 +149,8 @@ def tokenize_documents(
     documents: Iterable[Iterable[str]],
     encoding,
     sink: Callable[[np.ndarray], object],
-    *,
     literal_endoftext: str = "text",
+    *,
     num_threads: int = NUM_THREADS,
 ) -> list[int]:
     """Feed the ids of each document (an iterable of text pieces) to `sink`, end-of-text between documents.
@@ -221,42 +190,6 @@ def tokenize(texts: Iterable[str], encoding, *, literal_endoftext: str = "text")
     return np.concatenate(arrays) if arrays else np.empty(0, token_dtype(encoding.n_vocab)), starts
 
 
-class TokenFile:
-    """A .npy file of one flat array written piece by piece, so no corpus ever has to fit in memory.
-
-    The header is written first for length 0 and rewritten with the real length at the end; numpy pads
-    the header for any length to the same size, so the file is byte-identical to np.save of the array.
-    """
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.dtype = np.dtype(dtype)
-        self.num_tokens = 0
-        self.sha256 = hashlib.sha256()  # of the ids, recorded in meta.json so an edited id is found on load
-        self.file = open(path, "wb")
-        self.header_size = self._write_header()
-
-    def _write_header(self) -> int:
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": (self.num_tokens,),
-        }
-        np.lib.format.write_array_header_1_0(self.file, header)
-        return self.file.tell()
-
-    def append(self, ids: np.ndarray) -> None:
-        data = ids.astype(self.dtype, copy=False).tobytes()
-        self.file.write(data)
-        self.sha256.update(data)
-        self.num_tokens += len(ids)
-
-    def close(self) -> None:
-        self.file.seek(0)
-        if self._write_header() != self.header_size:
-            raise RuntimeError("the .npy header changed size")  # numpy's padding makes this impossible
-        self.file.close()
-
-
 def corpus_files(raw_dir: Path) -> list[Path]:
     """Every file under raw_dir, in order of relative path; names starting with "." are not corpus."""
     files = sorted(
@@ -272,77 +205,11 @@ def corpus_files(raw_dir: Path) -> list[Path]:
     return files
 
 
-def load_tokens(tokens_dir: Path = OUT_DIR) -> tuple[np.ndarray, dict]:
-    """The token array, memory-mapped read-only, and its metadata."""
-    meta = read_json(tokens_dir / META_FILE, {"dtype": str, "num_tokens": int, "sha256": str})
-    path = tokens_dir / TOKENS_FILE
-    try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise PipelineError(
-            f"{path} is not a readable token array ({error}): run `dvc checkout` or `dvc repro -f`"
-        ) from None
-    try:
-        matches = tokens.ndim == 1 and tokens.dtype == np.dtype(meta["dtype"]) and len(tokens) == meta["num_tokens"]
-    except (KeyError, TypeError):
-        matches = False
-    if not matches:
-        raise PipelineError(f"{path} does not match {tokens_dir / META_FILE}: run `dvc repro -f tokenize`")
-    if ids_sha256(tokens) != meta["sha256"]:
-        raise PipelineError(f"{path} was edited or corrupted (its sha256 differs): run `dvc checkout`")
-    return tokens, meta
-
-
-def progress(chunks: Iterator[str], bar) -> Iterator[str]:
-    """Pass text chunks through, advancing a progress bar counted in bytes."""
-    for chunk in chunks:
-        bar.update(len(chunk.encode("utf-8")))
-        yield chunk
-
-
-def main() -> None:
-    params = load_params("tokenize", SCHEMA)
-    encoding = load_encoding(params["encoding"])
-    files = corpus_files(RAW_DIR)
-    dtype = token_dtype(encoding.n_vocab)
-    with output_dir(OUT_DIR) as tmp:
-        token_file = TokenFile(tmp / TOKENS_FILE, dtype)
-        with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, disable=None) as bar:
-            documents = (progress(read_chunks(path), bar) for path in files)
-            starts = tokenize_documents(
-                documents, encoding, token_file.append, literal_endoftext=params["literal_endoftext"]
-            )
-        token_file.close()
-        num_tokens = token_file.num_tokens
-        if num_tokens == 0:
-            raise PipelineError(f"the corpus in {RAW_DIR} encodes to no tokens: use a corpus with text in it")
-        write_json(
-            tmp / META_FILE,
-            {
-                "encoding": params["encoding"],
-                "vocab_size": encoding.n_vocab,
-                "eot_token": encoding.eot_token,
-                "dtype": dtype.name,
-                "num_tokens": num_tokens,
-                "sha256": token_file.sha256.hexdigest(),
-                "documents": [
-                    {"file": path.relative_to(RAW_DIR).as_posix(), "start": start, "num_tokens": end - start}
-                    for path, start, end in zip(files, starts, [*(s - 1 for s in starts[1:]), num_tokens], strict=True)
-                ],
-            },
-        )
-        first_tokens = np.load(tmp / TOKENS_FILE, mmap_mode="r")[:NUM_FIRST_TOKENS].tolist()
-    write_metrics(
-        "tokenize",
-        {
-            "num_tokens": num_tokens,
-            "num_documents": len(files),
-            "vocab_size": encoding.n_vocab,
-            "dtype": dtype.name,
-            "first_tokens": first_tokens,
-        },
-    )
-
-
-if __name__ == "__main__":
-    run(main)
+def document_spans(files: list[Path], raw_dir: Path, starts: list[int], num_tokens: int) -> list[dict]:
+    """Each document's file (relative to raw_dir), start and num_tokens, from where tokenize_documents says
+    each starts (the end-of-text token between two documents belongs to neither)."""
+    ends = [*(start - 1 for start in starts[1:]), num_tokens]
+    return [
+        {"file": path.relative_to(raw_dir).as_posix(), "start": start, "num_tokens": end - start}
+        for path, start, end in zip(files, starts, ends, strict=True)
+    ]

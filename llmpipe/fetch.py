@@ -1,0 +1,326 @@
+"""Get the corpus and prove each document is the pinned one (the pipeline's fetch stage).
+
+The corpus is `fetch.url` (pinned by `fetch.sha256`) plus the entries of `fetch.sources`: files (http, https,
+file:// or a local path, each with the sha256 it must have; remote files must have one) and local folders of .txt
+files. A file is stored as data/raw/<its name>, a folder as data/raw/<its name>/<the same layout>. A pinned file is
+read from $CORPUS_MIRROR first when the mirror holds it (a folder holding the file under its name, or for
+`fetch.url` the file itself); the pin proves it is the same, so dvc.lock is the same online and offline.
+
+Downloads wait at most `fetch.timeout_seconds` for each connect or read, stop any file over `fetch.max_bytes`, and
+try again, up to `fetch.retries` times with exponential backoff, after a failure that may pass on its own: HTTP 5xx,
+408 or 429, a timeout, a dropped connection, a body cut short of its Content-Length. Anything else (HTTP 4xx, a
+redirect loop, a wrong sha256, the size cap) fails at once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+from time import sleep
+from typing import Any, BinaryIO, NamedTuple
+from urllib.parse import unquote, urlparse
+
+from llmpipe.errors import PipelineError, one_line, shown
+from llmpipe.files import output_dir
+from llmpipe.params import FileSource, FolderSource, Source, url_scheme
+
+MIRROR_ENV = "CORPUS_MIRROR"
+CHUNK_BYTES = 1 << 20
+BACKOFF_SECONDS = 1.0  # the wait before the first retry; each later one waits twice as long as the one before
+RETRIED_HTTP_STATUS = (408, 429)  # besides every 5xx: the server may answer in a moment
+# Failures that move on to the next place to read from; anything else is a bug, or a PipelineError already.
+READ_ERRORS = (OSError, http.client.HTTPException, http.client.InvalidURL)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a download may take: each wait for the network, the size of each file, the retries per file."""
+
+    timeout_seconds: float
+    max_bytes: int
+    retries: int
+
+
+@dataclass(frozen=True)
+class Document:
+    file: str  # its path under data/raw
+    bytes: int
+    chars: int
+    sha256: str
+
+
+# Names under data/raw
+
+
+def file_name(url: str) -> str:
+    """The last part of the URL's path: the name its file is stored under ("" if the path ends in "/")."""
+    path = unquote(urlparse(url).path)
+    return "" if path.endswith("/") else Path(path).name
+
+
+def param(source: Source) -> tuple[str, str]:
+    """The params.yaml key that names the source, and its value."""
+    if isinstance(source, FolderSource):
+        return f"{source.key}.path", source.path
+    return f"{source.key}.url", source.url
+
+
+def stored_name(source: Source) -> str:
+    """The name a source gets in data/raw: the last part of its URL or path."""
+    key, value = param(source)
+    name = Path(os.path.abspath(value)).name if isinstance(source, FolderSource) else file_name(value)
+    if not name:
+        raise PipelineError(f"{key} {shown(value)} does not end in a file name: point it at the file (or folder) itself")
+    if name.startswith("."):
+        raise PipelineError(f"{key} {shown(value)} ends in a hidden name, {shown(name)}, which tokenize skips: rename it")
+    return name
+
+
+def stored_names(sources: list[Source], out_dir: Path) -> list[str]:
+    """Each source's name in data/raw; two sources with one name would overwrite each other."""
+    names = [stored_name(source) for source in sources]
+    for name in names:
+        keys = [param(source)[0] for source, other in zip(sources, names, strict=True) if other == name]
+        if len(keys) > 1:
+            raise PipelineError(
+                f"{' and '.join(keys)} would both be stored as {out_dir / name}: give one of them another name"
+            )
+    return names
+
+
+def candidates(source: FileSource, name: str, mirror: str | None) -> list[str]:
+    """Where to read a file from, first choice first. A $CORPUS_MIRROR copy stands in only for a pinned file, as only
+    the pin proves it is the same: <mirror>/<name> if the mirror is a folder, the mirror itself for fetch.url."""
+    if mirror and source.sha256:
+        if Path(mirror).is_dir():
+            return [str(Path(mirror) / name), source.url]
+        if source.key == "fetch":
+            return [mirror, source.url]
+    return [source.url]
+
+
+# Reading
+
+
+class RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects (at most 10, no loops), refusing any to a scheme other than http and https."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlparse(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to {newurl} refused: not http(s)", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def open_location(location: str | Path, timeout_seconds: float) -> tuple[BinaryIO, int | None]:
+    """Open a URL (str) or a local file (a str without scheme, or a Path); return the stream and its size if known."""
+    if isinstance(location, str):
+        scheme = url_scheme(location)
+        if scheme in ("http", "https"):
+            request = urllib.request.Request(location, headers={"User-Agent": "ch2-pipeline"})
+            # Built per call, so the proxy settings are the environment's at the time of the download.
+            response = urllib.request.build_opener(RedirectHandler).open(request, timeout=timeout_seconds)
+            length = response.headers.get("Content-Length")
+            return response, int(length) if length and length.isdigit() else None
+        location = Path(unquote(urlparse(location).path) if scheme == "file" else location)
+    return open(location, "rb"), location.stat().st_size
+
+
+def checked_chunks(reader: BinaryIO, size: int | None, max_bytes: int, location: str | Path) -> Iterator[bytes]:
+    """The bytes of `reader` chunk by chunk, stopped as soon as they pass max_bytes (or the announced size does)."""
+    too_large = f"{location} is larger than fetch.max_bytes ({max_bytes} bytes): raise it if this is the file you want"
+    if size is not None and size > max_bytes:
+        raise PipelineError(too_large)
+    total = 0
+    # Never ask for more than one byte past the cap: a stream without Content-Length stops right there.
+    while chunk := reader.read(min(CHUNK_BYTES, max_bytes + 1 - total)):
+        total += len(chunk)
+        if total > max_bytes:
+            raise PipelineError(too_large)
+        yield chunk
+    if size is not None and total < size:
+        # http.client ends a body early without an error when the server closes the connection.
+        raise ConnectionResetError(f"the connection closed after {total} of {size} bytes")
+
+
+class Copied(NamedTuple):
+    bytes: int
+    chars: int
+    sha256: str
+    utf8_error: str | None  # the first one, with its byte offset
+
+
+def copy_and_hash(chunks: Iterable[bytes], dest: Path, size: int | None) -> Copied:
+    """Write `chunks` to `dest`, counting bytes and UTF-8 characters and hashing them as they pass."""
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    num_bytes = num_chars = 0
+    utf8_error = None
+    with (
+        open(dest, "wb") as out,
+        tqdm(total=size, unit="B", unit_scale=True, disable=None, leave=False, desc=dest.name) as bar,
+    ):
+        for chunk in chain(chunks, [b""]):  # the empty last chunk makes the decoder report a cut-off character
+            out.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+            if utf8_error is None:
+                # The decoder may hold the first bytes of a character from the previous chunk.
+                offset = num_bytes - len(decoder.getstate()[0])
+                try:
+                    num_chars += len(decoder.decode(chunk, final=not chunk))
+                except UnicodeDecodeError as error:
+                    utf8_error = f"{error.reason} at byte {offset + error.start}"
+            num_bytes += len(chunk)
+    return Copied(num_bytes, num_chars, digest.hexdigest(), utf8_error)
+
+
+def download(location: str | Path, dest: Path, limits: Limits) -> Copied:
+    reader, size = open_location(location, limits.timeout_seconds)
+    with reader:
+        return copy_and_hash(checked_chunks(reader, size, limits.max_bytes, location), dest, size)
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether trying again may help: a server error, a timeout, a dropped connection, a body cut short."""
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code in RETRIED_HTTP_STATUS
+    if isinstance(error, urllib.error.URLError):
+        error = error.reason
+    transient = (TimeoutError, ConnectionError, http.client.HTTPException)
+    # Nothing listening is not going to change in seconds: go on to the next place to read from.
+    return isinstance(error, transient) and not isinstance(error, ConnectionRefusedError)
+
+
+def describe(error: Exception) -> str:
+    """The reason of a failed read, on one line."""
+    if isinstance(error, urllib.error.HTTPError):
+        reason = f"HTTP {error.code} {error.reason}"
+    else:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, TimeoutError):
+            reason = "no answer within fetch.timeout_seconds"
+    return one_line(str(reason)) or type(error).__name__
+
+
+def download_with_retries(location: str, dest: Path, limits: Limits) -> Copied:
+    """download(), tried again after a transient failure, up to limits.retries times with exponential backoff."""
+    for attempt in range(limits.retries):
+        try:
+            return download(location, dest, limits)
+        except READ_ERRORS as error:
+            if not is_transient(error):
+                raise
+            wait = BACKOFF_SECONDS * 2**attempt
+            print(f"fetch: {location} failed ({describe(error)}); retry {attempt + 1}/{limits.retries} in {wait:g} s")
+            sleep(wait)
+    return download(location, dest, limits)  # the last try: its failure is the one reported
+
+
+def read_first(source: FileSource, locations: list[str], dest: Path, limits: Limits) -> tuple[str, Copied]:
+    """Copy the first of `locations` that can be read into `dest`; say which one it was."""
+    failures = []
+    for location in locations:
+        try:
+            return location, download_with_retries(location, dest, limits)
+        except READ_ERRORS as error:
+            tries = f", {limits.retries + 1} tries" if limits.retries and is_transient(error) else ""
+            failures.append(f"{location} ({describe(error)}{tries})")
+    # Only a pinned file may come from the mirror.
+    mirror = f", or set {MIRROR_ENV} to a folder holding {dest.name} (docs/fetch.md)" if source.sha256 else ""
+    raise PipelineError(
+        f"could not read {dest.name} from {'; nor from '.join(failures)}: check {source.key}.url{mirror}"
+    )
+
+
+def checked_document(file: str, location: str | Path, copied: Copied, pin: str | None, key: str) -> Document:
+    """The document stored as data/raw/<file>, once its bytes are the pinned ones and UTF-8 text."""
+    if pin and copied.sha256 != pin:
+        raise PipelineError(
+            f"{location} has sha256 {copied.sha256}, but {key}.sha256 pins {pin}: "
+            "fix the source, or update the pin if the new file is intended"
+        )
+    if copied.bytes == 0:
+        raise PipelineError(f"{location} is empty: every document needs text, so fix it or leave it out")
+    if copied.utf8_error:
+        raise PipelineError(f"{location} is not UTF-8 text ({copied.utf8_error}): convert it to UTF-8")
+    return Document(file, copied.bytes, copied.chars, copied.sha256)
+
+
+def fetch_file(source: FileSource, locations: list[str], root: Path, name: str, limits: Limits) -> Document:
+    location, copied = read_first(source, locations, root / name, limits)
+    document = checked_document(name, location, copied, source.sha256, source.key)
+    print(f"fetch: {copied.bytes} bytes from {location}")
+    return document
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """The .txt files under `folder`, relative to it, in path order; hidden names are skipped, as tokenize does."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    found = []
+    for parent, dirs, files in os.walk(folder, onerror=fail):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        found += [Path(parent, name).relative_to(folder) for name in files if name.endswith(".txt") and name[0] != "."]
+    return sorted(found, key=Path.as_posix)
+
+
+def copy_folder(source: FolderSource, root: Path, name: str, limits: Limits) -> list[Document]:
+    """Copy the folder's .txt files to root/<name>/, each one document."""
+    folder = Path(source.path)
+    if not folder.is_dir():
+        raise PipelineError(f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of .txt files")
+    documents = []
+    try:
+        for relative in folder_files(folder):
+            stored = Path(name, relative)
+            (root / stored).parent.mkdir(parents=True, exist_ok=True)
+            copied = download(folder / relative, root / stored, limits)
+            documents.append(checked_document(stored.as_posix(), folder / relative, copied, None, source.key))
+    except OSError as error:
+        raise PipelineError(f"could not read {source.path} ({describe(error)}): check {source.key}.path") from None
+    if not documents:
+        raise PipelineError(f"{source.key}.path {shown(source.path)} holds no .txt file: add some, or remove the entry")
+    print(f"fetch: {len(documents)} files, {sum(d.bytes for d in documents)} bytes from {folder}")
+    return documents
+
+
+def fetch(sources: list[Source], out_dir: Path, limits: Limits, mirror: str | None = None) -> list[Document]:
+    """Store every source under out_dir, each document checked, and return them in path order.
+
+    On any error out_dir is left as it was."""
+    names = stored_names(sources, out_dir)
+    documents = []
+    with output_dir(out_dir) as tmp:
+        for source, name in zip(sources, names, strict=True):
+            if isinstance(source, FolderSource):
+                documents += copy_folder(source, tmp, name, limits)
+            else:
+                documents.append(fetch_file(source, candidates(source, name, mirror), tmp, name, limits))
+    return sorted(documents, key=lambda document: document.file)
+
+
+def corpus_metrics(documents: list[Document]) -> dict[str, Any]:
+    """metrics/fetch.json. One document: its file, bytes, chars and sha256. Several: how many, their total bytes and
+    chars, and as sha256 that of their `sha256sum` manifest (one "<sha256>  <file>" line each, in path order),
+    which pins the whole corpus in one figure."""
+    if len(documents) == 1:
+        return asdict(documents[0])
+    manifest = "".join(f"{document.sha256}  {document.file}\n" for document in documents)
+    return {
+        "num_documents": len(documents),
+        "bytes": sum(document.bytes for document in documents),
+        "chars": sum(document.chars for document in documents),
+        "sha256": hashlib.sha256(manifest.encode("utf-8")).hexdigest(),
+    }

@@ -1,0 +1,111 @@
+"""Outputs that appear whole or not at all, and JSON read back with its fields checked.
+
+Every output is built under a temporary name beside its place and renamed in, so a reader never sees a
+half-written file or folder, and an error or a kill leaves the previous output as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from llmpipe.errors import PipelineError, one_line
+
+
+def clear_leftovers(path: Path) -> None:
+    """Remove the temporary siblings (`.<name>.tmp-*`, `.<name>.old-*`) that a killed run left beside `path`."""
+    for leftover in path.parent.glob(f".{path.name}.*-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def output_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; when the block succeeds it replaces `path` whole.
+
+    An error (or a kill) leaves `path` as it was: no reader ever sees a half-written output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clear_leftovers(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+
+
+def write_file_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary name beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def to_json(obj: Any) -> bytes:
+    """`obj` as the project writes JSON: indented by two, one final newline, UTF-8."""
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path`, atomically."""
+    write_file_atomic(path, to_json(obj))
+
+
+REBUILD = "run `dvc repro` to build it"
+RESTORE = "run `dvc checkout` or `dvc repro -f`"
+
+
+def read_json(
+    path: str | Path, fields: dict[str, type | tuple[type, ...]] | None = None, *, missing: str = REBUILD,
+    corrupt: str = RESTORE
+) -> Any:
+    """The JSON in `path`; with `fields`, an object holding each named field (see require_fields).
+
+    Raises PipelineError naming `path` when it is missing (the message ends in `missing`, the fix) or
+    not JSON (ending in `corrupt`); callers outside the pipeline pass fixes that fit them.
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{Path(path).absolute()} not found: {missing}") from None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise PipelineError(f"{path} is corrupt ({one_line(str(error))}): {corrupt}") from None
+    return require_fields(obj, fields or {}, path, fix=corrupt)
+
+
+def require_fields(
+    obj: Any, fields: dict[str, type | tuple[type, ...]], where: str | Path, *, fix: str = RESTORE
+) -> Any:
+    """`obj`, if it is an object holding each named field with a value of its type (JSON's true is not an int).
+
+    A sidecar that someone edited is then one error here, not a KeyError further on.
+    Raises PipelineError naming `where`, the field and `fix`.
+    """
+    for field, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if not isinstance(obj, dict) or type(obj.get(field)) not in kinds:
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise PipelineError(f"{where} is corrupt ({field!r} is missing or not {names}): {fix}")
+    return obj

@@ -9,6 +9,7 @@ import numpy as np
 
 CHUNK = 1 << 24  # tokens counted at a time: bincount casts its input to int64, so a chunk costs 8 bytes a token
 
+
 def token_counts(tokens: np.ndarray, vocab_size: int, chunk: int = CHUNK) -> np.ndarray:
     """How often each id in range(vocab_size) occurs in `tokens`."""
     counts = np.zeros(vocab_size, dtype=np.int64)

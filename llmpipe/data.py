@@ -186,4 +186,3 @@ class ShuffledWindows(Sampler[int]):
         order = torch.randperm(self.num_windows, generator=self.generator, dtype=dtype)
         for start in range(0, self.num_windows, self.SLICE):
             yield from order[start : start + self.SLICE].tolist()
-

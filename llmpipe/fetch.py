@@ -78,9 +78,13 @@ def stored_name(source: Source) -> str:
     key, value = param(source)
     name = Path(os.path.abspath(value)).name if isinstance(source, FolderSource) else file_name(value)
     if not name:
-        raise PipelineError(f"{key} {shown(value)} does not end in a file name: point it at the file (or folder) itself")
+        raise PipelineError(
+            f"{key} {shown(value)} does not end in a file name: point it at the file (or folder) itself"
+        )
     if name.startswith("."):
-        raise PipelineError(f"{key} {shown(value)} ends in a hidden name, {shown(name)}, which tokenize skips: rename it")
+        raise PipelineError(
+            f"{key} {shown(value)} ends in a hidden name, {shown(name)}, which tokenize skips: rename it"
+        )
     return name
 
 
@@ -280,7 +284,9 @@ def copy_folder(source: FolderSource, root: Path, name: str, limits: Limits) -> 
     """Copy the folder's .txt files to root/<name>/, each one document."""
     folder = Path(source.path)
     if not folder.is_dir():
-        raise PipelineError(f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of .txt files")
+        raise PipelineError(
+            f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of .txt files"
+        )
     documents = []
     try:
         for relative in folder_files(folder):

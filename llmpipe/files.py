@@ -78,8 +78,11 @@ RESTORE = "run `dvc checkout` or `dvc repro -f`"
 
 
 def read_json(
-    path: str | Path, fields: dict[str, type | tuple[type, ...]] | None = None, *, missing: str = REBUILD,
-    corrupt: str = RESTORE
+    path: str | Path,
+    fields: dict[str, type | tuple[type, ...]] | None = None,
+    *,
+    missing: str = REBUILD,
+    corrupt: str = RESTORE,
 ) -> Any:
     """The JSON in `path`; with `fields`, an object holding each named field (see require_fields).
 

@@ -82,7 +82,11 @@ class TokenWriter:
         self.file.close()
 
     def _write_header(self) -> int:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.num_tokens,)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.num_tokens,),
+        }
         np.lib.format.write_array_header_1_0(self.file, header)
         return self.file.tell()
 
@@ -196,7 +200,10 @@ def write_dataset(dataset_dir: Path, tokens: np.ndarray, splits: dict[str, dict]
     start = 0
     for split in SPLITS:
         end = start + splits[split]["num_tokens"]
-        splits[split] = {**splits[split], "sha256": write_split(tokens[start:end], Path(dataset_dir) / splits[split]["file"])}
+        splits[split] = {
+            **splits[split],
+            "sha256": write_split(tokens[start:end], Path(dataset_dir) / splits[split]["file"]),
+        }
         start = end
     config = {"format": DATASET_FORMAT, **config, "splits": splits}
     write_json(Path(dataset_dir) / DATASET_FILE, config)
@@ -211,7 +218,9 @@ def read_dataset_config(dataset_dir: Path, *, missing: str) -> dict[str, Any]:
     path = Path(dataset_dir) / DATASET_FILE
     config = read_json(path, missing=missing)
     if not isinstance(config, dict) or config.get("format") != DATASET_FORMAT:
-        raise PipelineError(f"{path} is not in format {DATASET_FORMAT}: rebuild it with `dvc repro dataset`")
+        raise PipelineError(
+            f"{path} is not in format {DATASET_FORMAT}: run `dvc checkout` to restore it, or `dvc repro -f dataset`"
+        )
     return require_fields(config, DATASET_FIELDS, path)
 
 
@@ -330,5 +339,3 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 def write_csv(path: Path, table) -> None:
     """A pandas DataFrame as CSV (no index, "\\n" line ends), atomically."""
     write_file_atomic(path, table.to_csv(index=False, lineterminator="\n").encode("utf-8"))
-
-

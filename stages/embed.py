@@ -34,7 +34,9 @@ def main(dataset_dir: Path, embeddings_dir: Path) -> None:
     batch_ids, _ = next(iter(loader))
     check_ids(torch.cat([sample_ids.flatten(), batch_ids.flatten()]), vocab_size, dataset_dir)
     check_size(vocab_size, params["context_length"], params["dim"], len(batch_ids), max_length)
-    token_embedding, pos_embedding = embedding_layers(vocab_size, params["context_length"], params["dim"], params["seed"])
+    token_embedding, pos_embedding = embedding_layers(
+        vocab_size, params["context_length"], params["dim"], params["seed"]
+    )
     with torch.no_grad():
         tensors = {
             "token_embedding.weight": token_embedding.weight.detach(),
@@ -45,7 +47,9 @@ def main(dataset_dir: Path, embeddings_dir: Path) -> None:
     with output_dir(embeddings_dir) as tmp:
         save_tensors(tensors, tmp / EMBEDDINGS_FILE)
     shapes = ("token_embedding_shape", "pos_embedding_shape", "sample_embedding_shape", "input_embedding_shape")
-    write_metrics(Path("metrics/embed.json"), {key: list(t.shape) for key, t in zip(shapes, tensors.values(), strict=True)})
+    write_metrics(
+        Path("metrics/embed.json"), {key: list(t.shape) for key, t in zip(shapes, tensors.values(), strict=True)}
+    )
 
 
 if __name__ == "__main__":

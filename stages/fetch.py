@@ -6,8 +6,16 @@ from pathlib import Path
 from llmpipe.cli import run
 from llmpipe.fetch import MIRROR_ENV, Limits, corpus_metrics, fetch
 from llmpipe.formats import write_metrics
-from llmpipe.params import FileSource, load_params, non_negative_int, positive_int, positive_number, sha256_hex
-from llmpipe.params import source_list, text
+from llmpipe.params import (
+    FileSource,
+    load_params,
+    non_negative_int,
+    positive_int,
+    positive_number,
+    sha256_hex,
+    source_list,
+    text,
+)
 
 SCHEMA = {
     "url": text,

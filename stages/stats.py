@@ -25,7 +25,9 @@ def main(tokens_dir: Path) -> None:
     write_csv(Path("metrics/token_freq.csv"), top)
     write_csv(Path("metrics/zipf.csv"), rank_frequency(counts))
     metrics = {"num_tokens": len(tokens), "distinct_tokens": int(np.count_nonzero(counts))}
-    write_metrics(Path("metrics/stats.json"), {**metrics, "top_token": top.token[0], "top_token_count": int(top["count"][0])})
+    write_metrics(
+        Path("metrics/stats.json"), {**metrics, "top_token": top.token[0], "top_token_count": int(top["count"][0])}
+    )
 
 
 if __name__ == "__main__":

@@ -8,22 +8,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import assert_one_line_error, run_stage
-from pipeline_fixtures import CHAIN_DATASET, CHAIN_WINDOW, built_chain, copy_project, snapshot
+from conftest import CHAIN_DATASET, CHAIN_WINDOW, assert_one_line_error, copy_project, run_stage, set_params, snapshot
 from torch.utils.data import DataLoader
 
-from stages.common import PipelineError, ids_sha256
-from stages.dataset import (
-    FORMAT,
-    ShuffledWindows,
-    TokenWindowDataset,
-    collate_windows,
-    create_dataloader,
-    load_dataset,
-)
-from stages.tokenize import load_tokens
-from stages.window import inputs_and_targets, windows
+from llmpipe.data import ShuffledWindows, TokenWindowDataset, collate_windows, create_dataloader, load_dataset
+from llmpipe.errors import PipelineError
+from llmpipe.formats import DATASET_FORMAT as FORMAT
+from llmpipe.formats import ids_sha256, load_tokens
+from llmpipe.windows import inputs_and_targets, sliding_windows
 
 MAX_LENGTH, STRIDE = 4, 3
 
@@ -42,7 +34,7 @@ def dataset(token_file):
 
 
 def expected_pairs(token_file, max_length=MAX_LENGTH, stride=STRIDE):
-    inputs, targets = inputs_and_targets(windows(np.fromfile(token_file, np.uint16), max_length, stride))
+    inputs, targets = inputs_and_targets(sliding_windows(np.fromfile(token_file, np.uint16), max_length, stride))
     return inputs.astype(np.int64), targets.astype(np.int64)
 
 
@@ -142,14 +134,9 @@ def test_create_dataloader_batches_equal_a_plain_dataloaders(tmp_path, token_fil
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    return built_chain(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def chain_windows(chain):
     tokens, _ = load_tokens(chain / "data" / "tokens")
-    inputs, targets = inputs_and_targets(windows(tokens, CHAIN_WINDOW["max_length"], CHAIN_WINDOW["stride"]))
+    inputs, targets = inputs_and_targets(sliding_windows(tokens, CHAIN_WINDOW["max_length"], CHAIN_WINDOW["stride"]))
     return inputs.astype(np.int64), targets.astype(np.int64)
 
 
@@ -180,9 +167,7 @@ def test_dataset_stage_records_geometry_and_loader_settings(chain, chain_windows
 
 def test_val_fraction_splits_by_token_position_and_windows_each_side_alone(chain, tmp_path):
     project = copy_project(chain, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["dataset"]["val_fraction"] = 0.25
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"dataset": {"val_fraction": 0.25}})
 
     result = run_stage("dataset", project)
 
@@ -194,13 +179,15 @@ def test_val_fraction_splits_by_token_position_and_windows_each_side_alone(chain
     assert np.array_equal(np.fromfile(dataset_dir / "val.bin", np.uint16), tokens[num_train:])
     max_length, stride = CHAIN_WINDOW["max_length"], CHAIN_WINDOW["stride"]
     for split, part in (("train", tokens[:num_train]), ("val", tokens[num_train:])):
-        dataset, _ = load_dataset(dataset_dir, split)
-        inputs, targets = inputs_and_targets(windows(part, max_length, stride))
+        dataset = load_dataset(dataset_dir, split)
+        inputs, targets = inputs_and_targets(sliding_windows(part, max_length, stride))
         assert len(dataset) == len(inputs)
         assert dataset[len(dataset) - 1][1].tolist() == targets[-1].tolist()  # no window crosses the split
     val_loader = create_dataloader(dataset_dir, "val")
     val_inputs = torch.cat([x for x, _ in val_loader])
-    assert val_inputs.tolist() == inputs_and_targets(windows(tokens[num_train:], max_length, stride))[0].tolist()
+    assert (
+        val_inputs.tolist() == inputs_and_targets(sliding_windows(tokens[num_train:], max_length, stride))[0].tolist()
+    )
     metrics = json.loads((project / "metrics" / "dataset.json").read_text())
     assert metrics["val_num_windows"] == len(val_inputs)
 
@@ -250,10 +237,11 @@ def test_seeded_shuffle_repeats_and_another_seed_changes_it(chain, chain_windows
     assert {tuple(row) for row in first} <= all_windows
 
 
-def test_load_dataset_returns_the_dataset_and_its_settings(chain, chain_windows):
-    dataset, config = load_dataset(chain / "data" / "dataset")
+def test_load_dataset_returns_the_dataset_with_its_settings(chain, chain_windows):
+    dataset = load_dataset(chain / "data" / "dataset")
 
-    assert len(dataset) == config["splits"]["train"]["num_windows"] == len(chain_windows[0])
+    assert len(dataset) == dataset.config["splits"]["train"]["num_windows"] == len(chain_windows[0])
+    assert dataset.vocab_size == dataset.config["vocab_size"] == 256 + 14 + 1  # tiny BPE plus end-of-text
     assert dataset[5][0].tolist() == chain_windows[0][5].tolist()
 
 
@@ -271,12 +259,13 @@ def test_load_dataset_rejects_another_format(chain, tmp_path):
         load_dataset(dataset_dir)
 
 
-def test_load_dataset_rejects_a_missing_dataset_json(chain, tmp_path):
+def test_load_dataset_rejects_a_missing_dataset_json_saying_where_it_looked(chain, tmp_path):
     dataset_dir = copy_project(chain / "data" / "dataset", tmp_path / "dataset")
     (dataset_dir / "dataset.json").unlink()
 
-    with pytest.raises(PipelineError, match="not found"):
+    with pytest.raises(PipelineError, match="not found: pass the dataset folder") as error:
         load_dataset(dataset_dir)
+    assert str(dataset_dir.absolute() / "dataset.json") in str(error.value)
 
 
 @pytest.mark.parametrize("content", ["half", "one-byte-more", "empty"])
@@ -293,9 +282,7 @@ def test_load_dataset_rejects_a_token_file_that_does_not_match_dataset_json(chai
 def test_batch_size_above_the_window_count_is_one_error_line(chain, tmp_path):
     project = copy_project(chain, tmp_path / "project")
     num_windows = json.loads((project / "data" / "windows" / "windows.json").read_text())["num_windows"]
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["dataset"]["batch_size"] = num_windows + 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"dataset": {"batch_size": num_windows + 1}})
     before = snapshot(project, "data/dataset", "metrics/dataset.json")
 
     result = run_stage("dataset", project)

@@ -6,13 +6,20 @@ import json
 
 import pytest
 import torch
-import yaml
-from conftest import assert_one_line_error, run_stage
-from pipeline_fixtures import CHAIN_DATASET, CHAIN_EMBED, CHAIN_WINDOW, built_chain, copy_project, snapshot
+from conftest import (
+    CHAIN_DATASET,
+    CHAIN_EMBED,
+    CHAIN_WINDOW,
+    assert_one_line_error,
+    copy_project,
+    run_stage,
+    set_params,
+    snapshot,
+)
 from safetensors.torch import load_file
 
-from stages.dataset import create_dataloader
-from stages.embed import embedding_layers, input_embeddings
+from llmpipe.data import create_dataloader
+from llmpipe.embeddings import embedding_layers, input_embeddings
 
 EMBEDDINGS = "data/embeddings/embeddings.safetensors"
 
@@ -75,11 +82,6 @@ def test_input_embeddings_longer_than_the_context_length_fail():
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    return built_chain(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def saved(chain):
     return load_file(chain / EMBEDDINGS)
 
@@ -139,9 +141,7 @@ def test_a_second_embed_run_writes_byte_identical_embeddings(chain, tmp_path):
 
 def test_context_length_below_max_length_is_one_error_line(chain, tmp_path):
     project = copy_project(chain, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["embed"]["context_length"] = CHAIN_WINDOW["max_length"] - 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"embed": {"context_length": CHAIN_WINDOW["max_length"] - 1}})
     before = snapshot(project, "data/embeddings", "metrics/embed.json")
 
     result = run_stage("embed", project)

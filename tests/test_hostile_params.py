@@ -1,7 +1,7 @@
 """Hostile params.yaml: whatever the values, a stage ends in valid outputs or one `error:` line, never a traceback.
 
 Property-based (hypothesis, derandomized so CI sees the same examples every run): each stage's main() runs
-in-process on a copy of the small built project (pipeline_fixtures) with its params.yaml section replaced by
+in-process on a copy of the small built project (conftest's chain) with its params.yaml section replaced by
 generated values: 0, negatives, huge and 64-bit-overflowing ints, floats, NaN, strings, lists, nulls,
 mappings, missing and unknown keys. A handful of subprocess runs then prove the same end to end.
 """
@@ -9,7 +9,6 @@ mappings, missing and unknown keys. A handful of subprocess runs then prove the 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import os
 import resource
@@ -18,15 +17,19 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
-from conftest import ROOT, assert_one_line_error, run_stage
+from conftest import ROOT, assert_one_line_error, copy_project, run_stage, set_params, stage_command, stage_module
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pipeline_fixtures import built_chain, copy_project
 
-from stages.common import PipelineError, load_params, read_json, run
+from llmpipe.cli import run
+from llmpipe.data import create_dataloader
+from llmpipe.errors import PipelineError
+from llmpipe.formats import EMBEDDINGS_FILE, load_embeddings, load_tokens, read_windows
+from llmpipe.params import load_params
 
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 # fetch is validated without running: its sources may be URLs, and hostile ones must not reach the network.
@@ -51,10 +54,6 @@ HYPOTHESIS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def stage_module(stage: str):
-    return importlib.import_module(f"stages.{stage}")
 
 
 @st.composite
@@ -82,22 +81,16 @@ def write_section(project: Path, stage: str, section: object) -> None:
 
 def check_outputs(stage: str) -> None:
     """A stage that succeeded left outputs its readers accept (run in the project folder)."""
-    module = stage_module(stage)
+    data = Path("data")
     if stage == "tokenize":
-        module.load_tokens(module.OUT_DIR)
+        load_tokens(data / "tokens")
     elif stage == "window":
-        geometry = read_json(module.OUT_DIR / module.WINDOWS_FILE)
-        assert geometry["num_windows"] >= 1
+        assert read_windows(data / "windows")["num_windows"] >= 1
     elif stage == "dataset":
-        next(iter(module.create_dataloader(module.OUT_DIR)))
+        next(iter(create_dataloader(data / "dataset")))
     elif stage == "embed":
-        module.load_embeddings(module.OUT_DIR / module.EMBEDDINGS_FILE)
+        load_embeddings(data / "embeddings" / EMBEDDINGS_FILE)
     assert not list(Path("data").glob(".*.tmp-*")) and not list(Path("metrics").glob(".*.tmp-*"))
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> Path:
-    return built_chain(tmp_path_factory)
 
 
 @pytest.mark.parametrize("stage", RUN_IN_PROCESS)
@@ -111,7 +104,8 @@ def test_any_params_give_valid_outputs_or_one_error_line(chain, stage, data):
         project = copy_project(chain, Path(folder) / "project")
         write_section(project, stage, section)
         stderr = io.StringIO()
-        with contextlib.chdir(project), contextlib.redirect_stderr(stderr):
+        argv = stage_command(stage)[1:]
+        with contextlib.chdir(project), contextlib.redirect_stderr(stderr), mock.patch.object(sys, "argv", argv):
             try:
                 run(module.main)
             except SystemExit as exit_info:
@@ -200,9 +194,7 @@ def test_an_unknown_key_that_is_not_plain_text_is_named_in_one_line(tmp_path, ke
 def test_hostile_values_end_to_end_are_one_error_line_and_keep_the_outputs(chain, tmp_path, section, values, fragment):
     project = copy_project(chain, tmp_path / "project")
     before = {p: p.read_bytes() for p in sorted((project / "data").rglob("*")) if p.is_file()}
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {section: values})
 
     assert_one_line_error(run_stage(section, project), fragment)
     assert {p: p.read_bytes() for p in sorted((project / "data").rglob("*")) if p.is_file()} == before
@@ -224,12 +216,10 @@ def limit_memory() -> None:
 
 def test_a_device_as_the_ranks_file_is_one_error_line(chain, tmp_path):
     project = copy_project(chain, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["tokenize"]["encoding"] = "/dev/zero"
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"tokenize": {"encoding": "/dev/zero"}})
 
     result = subprocess.run(
-        [sys.executable, "-m", "stages.tokenize"],
+        stage_command("tokenize"),
         cwd=project,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

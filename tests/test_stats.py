@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
-from conftest import assert_one_line_error, run_stage
-from pipeline_fixtures import built_chain, copy_project, snapshot
+from conftest import assert_one_line_error, copy_project, run_stage, set_params, snapshot
 
-from stages.stats import label, rank_frequency, ranked, token_counts, top_tokens
-from stages.tokenize import load_encoding, load_tokens
+from llmpipe.counts import label, rank_frequency, ranked, token_counts, top_tokens
+from llmpipe.formats import load_tokens
+from llmpipe.tokenizer import load_encoding
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 24])
@@ -59,9 +59,9 @@ def test_top_tokens_and_rank_frequency_tables(tiny_ranks):
 
 
 @pytest.fixture(scope="module")
-def stats_project(tmp_path_factory):
+def stats_project(chain, tmp_path_factory):
     """A copy of the built chain on which the stats stage has run."""
-    project = copy_project(built_chain(tmp_path_factory), tmp_path_factory.mktemp("stats") / "project")
+    project = copy_project(chain, tmp_path_factory.mktemp("stats") / "project")
     result = run_stage("stats", project)
     assert result.returncode == 0, result.stderr
     return project
@@ -106,9 +106,7 @@ def test_stats_stage_is_deterministic(stats_project, tmp_path):
 
 def test_stats_stage_with_a_bad_top_tokens_is_one_error_line(stats_project, tmp_path):
     project = copy_project(stats_project, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["stats"]["top_tokens"] = 0
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"stats": {"top_tokens": 0}})
     before = snapshot(project, "metrics/token_freq.csv", "metrics/zipf.csv", "metrics/stats.json")
 
     result = run_stage("stats", project)

@@ -8,18 +8,18 @@ import math
 
 import numpy as np
 import pytest
-import yaml
-from conftest import VERDICT, assert_one_line_error, run_stage
-from pipeline_fixtures import built_chain, copy_project, snapshot
+from conftest import VERDICT, assert_one_line_error, book_windows, copy_project, run_stage, set_params, snapshot
 
-from stages.common import PipelineError
-from stages.sweep import closed_form, configs, sweep
-from stages.tokenize import load_encoding, load_tokens, tokenize
+from llmpipe.errors import PipelineError
+from llmpipe.formats import load_tokens
+from llmpipe.params import window_pairs
+from llmpipe.tokenizer import load_encoding, tokenize
+from llmpipe.windows import num_windows, sweep
 
 
 def book_count(num_tokens: int, max_length: int, stride: int) -> int:
-    """How many windows the book's GPTDatasetV1 loop makes."""
-    return sum(1 for _ in range(0, num_tokens - max_length, stride))
+    """How many windows the book's GPTDatasetV1 makes."""
+    return len(book_windows(list(range(num_tokens)), max_length, stride)[0])
 
 
 PAIRS = [(4, 1), (4, 2), (8, 1), (8, 4), (4, 4), (3, 5), (1, 1), (40, 7), (49, 1), (49, 3)]
@@ -40,7 +40,7 @@ def test_sweep_rows_equal_the_closed_form_and_the_books_count(num_tokens):
 
 @pytest.mark.parametrize(("num_tokens", "max_length", "stride"), [(5, 4, 1), (5, 4, 9), (9, 4, 5), (10, 4, 5)])
 def test_closed_form_matches_the_books_count_at_the_edges(num_tokens, max_length, stride):
-    assert closed_form(num_tokens, max_length, stride) == book_count(num_tokens, max_length, stride)
+    assert num_windows(num_tokens, max_length, stride) == book_count(num_tokens, max_length, stride)
 
 
 def test_the_verdict_with_gpt2_gives_the_books_window_counts(gpt2_cache):
@@ -60,11 +60,11 @@ def test_the_verdict_with_gpt2_gives_the_books_window_counts(gpt2_cache):
 )
 def test_malformed_configs_are_rejected(value):
     with pytest.raises(PipelineError, match="sweep.configs"):
-        configs("sweep.configs", value)
+        window_pairs("sweep.configs", value)
 
 
 def test_configs_returns_the_pairs_as_tuples():
-    assert configs("sweep.configs", [[4, 1], [8, 4]]) == [(4, 1), (8, 4)]
+    assert window_pairs("sweep.configs", [[4, 1], [8, 4]]) == [(4, 1), (8, 4)]
 
 
 @pytest.mark.parametrize("max_length", [10, 11, 100])
@@ -83,12 +83,10 @@ SWEEP_CONFIGS = [[4, 1], [4, 2], [6, 3], [3, 5]]
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(chain, tmp_path_factory):
     """A copy of the built chain on which the sweep stage has run with SWEEP_CONFIGS."""
-    project = copy_project(built_chain(tmp_path_factory), tmp_path_factory.mktemp("sweep") / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["sweep"]["configs"] = SWEEP_CONFIGS
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = copy_project(chain, tmp_path_factory.mktemp("sweep") / "project")
+    set_params(project, {"sweep": {"configs": SWEEP_CONFIGS}})
     result = run_stage("sweep", project)
     assert result.returncode == 0, result.stderr
     return project
@@ -120,9 +118,7 @@ def test_sweep_stage_writes_the_counts_as_metrics(swept):
 
 def test_sweep_stage_with_bad_configs_is_one_error_line(swept, tmp_path):
     project = copy_project(swept, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["sweep"]["configs"] = [[4, 1], [4]]
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"sweep": {"configs": [[4, 1], [4]]}})
     before = snapshot(project, "metrics/sweep.csv", "metrics/sweep.json")
 
     result = run_stage("sweep", project)

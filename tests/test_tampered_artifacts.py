@@ -13,23 +13,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, run_stage
-from pipeline_fixtures import built_chain, copy_project
+from conftest import ROOT, assert_one_line_error, copy_project, run_stage
 from safetensors.torch import save_file
 
-from stages import dataset, embed, tokenize
-from stages.common import PipelineError, read_json
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory) -> Path:
-    return built_chain(tmp_path_factory)
+from llmpipe import formats
+from llmpipe.data import create_dataloader
+from llmpipe.errors import PipelineError
+from llmpipe.files import read_json
+from llmpipe.formats import (
+    EMBEDDING_NAMES,
+    EMBEDDINGS_FILE,
+    TOKENS_FILE,
+    TOKENS_META_FILE,
+    load_embeddings,
+    load_tokens,
+)
 
 
 @pytest.fixture
 def embeddings(chain, tmp_path) -> Path:
-    path = tmp_path / embed.EMBEDDINGS_FILE
-    shutil.copyfile(chain / embed.OUT_DIR / embed.EMBEDDINGS_FILE, path)
+    path = tmp_path / EMBEDDINGS_FILE
+    shutil.copyfile(chain / "data" / "embeddings" / EMBEDDINGS_FILE, path)
     return path
 
 
@@ -39,8 +43,8 @@ def header_end(path: Path) -> int:
 
 
 def test_the_stages_file_loads_and_checks_out(embeddings):
-    tensors = embed.load_embeddings(embeddings)
-    assert sorted(tensors) == sorted(embed.TENSOR_NAMES)
+    tensors = load_embeddings(embeddings)
+    assert sorted(tensors) == sorted(EMBEDDING_NAMES)
 
 
 @pytest.mark.parametrize("keep", ["nothing", "7 bytes", "half the header", "the header", "half", "all but 1 byte"])
@@ -58,7 +62,7 @@ def test_a_truncated_safetensors_file_is_a_clear_error(embeddings, keep):
     embeddings.write_bytes(data[:size])
 
     with pytest.raises(PipelineError, match="is not a readable safetensors file.*dvc checkout"):
-        embed.load_embeddings(embeddings)
+        load_embeddings(embeddings)
 
 
 @pytest.mark.parametrize("offset", [0, 1 / 3, 2 / 3, -4])
@@ -70,7 +74,7 @@ def test_an_edited_number_is_a_checksum_error(embeddings, offset):
     embeddings.write_bytes(bytes(data))
 
     with pytest.raises(PipelineError, match="does not match its sha256"):
-        embed.load_embeddings(embeddings)
+        load_embeddings(embeddings)
 
 
 @pytest.mark.parametrize(
@@ -88,32 +92,32 @@ def test_an_edited_header_is_a_clear_error(embeddings, old, new, fragment):
     embeddings.write_bytes(data.replace(old, new, 1))
 
     with pytest.raises(PipelineError, match=fragment):
-        embed.load_embeddings(embeddings)
+        load_embeddings(embeddings)
 
 
 def test_swapped_shapes_are_a_clear_error(embeddings, tmp_path):
     """Shapes edited to other numbers of the same product load in safetensors; the check catches them."""
-    tensors = embed.load_embeddings(embeddings)
+    tensors = load_embeddings(embeddings)
     tensors["pos_embedding.weight"] = tensors["pos_embedding.weight"].reshape(
         tensors["pos_embedding.weight"].shape[::-1]
     )
-    embed.save_embeddings(tensors, tmp_path / "reshaped.safetensors")
+    formats.save_tensors(tensors, tmp_path / "reshaped.safetensors")
 
     with pytest.raises(PipelineError, match="shapes that do not fit together"):
-        embed.load_embeddings(tmp_path / "reshaped.safetensors")
+        load_embeddings(tmp_path / "reshaped.safetensors")
 
 
 def test_a_file_without_checksums_is_not_taken_for_the_stages(embeddings, tmp_path):
-    tensors = embed.load_embeddings(embeddings)
+    tensors = load_embeddings(embeddings)
     save_file(tensors, tmp_path / "foreign.safetensors")
 
     with pytest.raises(PipelineError, match="carries no sha256"):
-        embed.load_embeddings(tmp_path / "foreign.safetensors")
+        load_embeddings(tmp_path / "foreign.safetensors")
 
 
 def test_a_missing_file_says_to_rebuild(tmp_path):
-    with pytest.raises(PipelineError, match="not found: run `dvc repro embed`"):
-        embed.load_embeddings(tmp_path / "absent.safetensors")
+    with pytest.raises(PipelineError, match="not found: run `dvc checkout data/embeddings`"):
+        load_embeddings(tmp_path / "absent.safetensors")
 
 
 # The token array
@@ -121,37 +125,37 @@ def test_a_missing_file_says_to_rebuild(tmp_path):
 
 @pytest.fixture
 def tokens_dir(chain, tmp_path) -> Path:
-    return Path(shutil.copytree(chain / tokenize.OUT_DIR, tmp_path / "tokens"))
+    return Path(shutil.copytree(chain / "data" / "tokens", tmp_path / "tokens"))
 
 
 @pytest.mark.parametrize("keep", [0, 6, 64, 127, -1])
 def test_a_truncated_token_array_is_a_clear_error(tokens_dir, keep):
-    path = tokens_dir / tokenize.TOKENS_FILE
+    path = tokens_dir / TOKENS_FILE
     data = path.read_bytes()
     path.write_bytes(data[:keep])
 
     with pytest.raises(PipelineError, match="dvc checkout|dvc repro"):
-        tokenize.load_tokens(tokens_dir)
+        load_tokens(tokens_dir)
 
 
 @pytest.mark.parametrize(
     ("old", "new"), [(b"'<u2'", b"'<i2'"), (b"'<u2'", b"'<u4'"), (b"'<u2'", b"'|O'"), (b"(", b"[")]
 )
 def test_an_edited_token_array_header_is_a_clear_error(tokens_dir, old, new):
-    path = tokens_dir / tokenize.TOKENS_FILE
+    path = tokens_dir / TOKENS_FILE
     data = path.read_bytes()
     assert old in data[:128]
     path.write_bytes(data.replace(old, new, 1))
 
     with pytest.raises(PipelineError, match="dvc checkout|dvc repro"):
-        tokenize.load_tokens(tokens_dir)
+        load_tokens(tokens_dir)
 
 
 def test_an_object_array_is_refused_without_unpickling(tokens_dir, monkeypatch):
-    path = tokens_dir / tokenize.TOKENS_FILE
+    path = tokens_dir / TOKENS_FILE
     np.save(path, np.array([object()] * 3), allow_pickle=True)
-    meta = json.loads((tokens_dir / tokenize.META_FILE).read_text())
-    (tokens_dir / tokenize.META_FILE).write_text(json.dumps({**meta, "dtype": "object", "num_tokens": 3}))
+    meta = json.loads((tokens_dir / TOKENS_META_FILE).read_text())
+    (tokens_dir / TOKENS_META_FILE).write_text(json.dumps({**meta, "dtype": "object", "num_tokens": 3}))
 
     def unpickle(*args, **kwargs):
         raise AssertionError("something was unpickled")
@@ -159,7 +163,7 @@ def test_an_object_array_is_refused_without_unpickling(tokens_dir, monkeypatch):
     monkeypatch.setattr(pickle, "load", unpickle)
     monkeypatch.setattr(pickle, "loads", unpickle)
     with pytest.raises(PipelineError, match="not a readable token array"):
-        tokenize.load_tokens(tokens_dir)
+        load_tokens(tokens_dir)
 
 
 # No pickle anywhere
@@ -178,8 +182,10 @@ def imports_and_calls(source: str) -> list[tuple[str, dict[str, str]]]:
     return found
 
 
-@pytest.mark.parametrize("script", sorted((ROOT / "stages").glob("*.py")), ids=lambda p: p.name)
-def test_no_stage_can_load_through_pickle(script):
+@pytest.mark.parametrize(
+    "script", sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "llmpipe").glob("*.py")]), ids=lambda p: p.name
+)
+def test_no_module_can_load_through_pickle(script):
     for name, keywords in imports_and_calls(script.read_text()):
         assert not any(word in name for word in ("pickle", "torch.load", "joblib", "dill", "shelve")), name
         assert keywords.get("allow_pickle", "False") == "False", (name, keywords)
@@ -193,13 +199,11 @@ def test_every_artifact_loads_with_pickle_switched_off(chain, monkeypatch):
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, unpickle)
     monkeypatch.setattr(torch, "load", unpickle)
-    monkeypatch.chdir(chain)
-
-    tokens, _ = tokenize.load_tokens(tokenize.OUT_DIR)
+    tokens, _ = load_tokens(chain / "data" / "tokens")
     assert len(tokens) > 0
-    inputs, targets = next(iter(dataset.create_dataloader(dataset.OUT_DIR)))
+    inputs, targets = next(iter(create_dataloader(chain / "data" / "dataset")))
     assert inputs.shape == targets.shape
-    assert set(embed.load_embeddings()) == set(embed.TENSOR_NAMES)
+    assert set(load_embeddings(chain / "data" / "embeddings" / EMBEDDINGS_FILE)) == set(EMBEDDING_NAMES)
 
 
 # Edited sidecars and out-of-range ids reach the stages that read them
@@ -274,13 +278,13 @@ def test_read_json_with_fields_returns_the_object(tmp_path):
 
 
 def test_an_edited_token_is_a_clear_error(tokens_dir):
-    path = tokens_dir / tokenize.TOKENS_FILE
+    path = tokens_dir / TOKENS_FILE
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
     path.write_bytes(bytes(data))
 
     with pytest.raises(PipelineError, match="dvc checkout|dvc repro"):
-        tokenize.load_tokens(tokens_dir)
+        load_tokens(tokens_dir)
 
 
 def test_embed_on_a_dataset_json_without_its_splits_is_one_error_line(chain, tmp_path):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MERGES, run_stage, write_params, write_ranks_file
+from conftest import TINY_MERGES, VERDICT, run_stage, set_params, write_ranks_file
 
-from stages import tokenize as tok
-from stages.common import PipelineError, ids_sha256, write_json
-from stages.tokenize import END_OF_TEXT, corpus_files, load_encoding, load_tokens, token_dtype, tokenize
+from llmpipe.errors import PipelineError
+from llmpipe.files import write_json
+from llmpipe.formats import ids_sha256, load_tokens, token_dtype
+from llmpipe.tokenizer import END_OF_TEXT, corpus_files, load_encoding, read_chunks, tokenize
 
 VERDICT_NUM_TOKENS = 5145
 VERDICT_FIRST_TOKENS = [40, 367, 2885, 1464, 1807, 3619, 402, 271, 10899, 2138, 257, 7026, 15632, 438, 2016, 257, 922]
@@ -163,12 +164,12 @@ def test_large_vocabulary_gives_uint32_ids():
     assert starts == [0, 3]
 
 
-# The real GPT-2 encoding and corpus, from ../shared
+# The real GPT-2 encoding and the book's corpus, from tests/data
 
 
 @pytest.fixture
-def verdict(shared) -> str:
-    return (shared / "corpus" / "the-verdict.txt").read_text(encoding="utf-8")
+def verdict() -> str:
+    return VERDICT.read_text(encoding="utf-8")
 
 
 def test_gpt2_encodes_the_verdict_as_in_the_book(gpt2_cache, verdict):
@@ -188,8 +189,8 @@ def test_gpt2_encodes_the_verdict_as_in_the_book(gpt2_cache, verdict):
 # The stage as dvc runs it
 
 
-def test_cli_fetch_then_tokenize_the_verdict(tmp_path, gpt2_cache, shared):
-    write_params(tmp_path, {"fetch": {"url": str(shared / "corpus" / "the-verdict.txt")}})
+def test_cli_fetch_then_tokenize_the_verdict(tmp_path, gpt2_cache):
+    set_params(tmp_path, {"fetch": {"url": str(VERDICT)}})
     fetched = run_stage("fetch", tmp_path)
     assert fetched.returncode == 0, fetched.stderr
 
@@ -223,18 +224,17 @@ def test_cli_fetch_then_tokenize_the_verdict(tmp_path, gpt2_cache, shared):
     assert [path.read_bytes() for path in outputs] == before
 
 
-def test_main_records_each_document_with_a_tiny_encoding(tmp_path, tiny_ranks, monkeypatch):
+def test_stage_records_each_document_with_a_tiny_encoding(tmp_path, tiny_ranks):
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     (raw / "b.txt").write_text("and the end")
     (raw / "a.txt").write_text("the cat")
     (raw / ".a.txt.tmp-1").write_text("a leftover, not a document")
-    write_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
-    monkeypatch.chdir(tmp_path)
+    set_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
 
-    tok.main()
+    assert run_stage("tokenize", tmp_path).returncode == 0
 
-    tokens, meta = load_tokens(Path("data/tokens"))
+    tokens, meta = load_tokens(tmp_path / "data" / "tokens")
     tiny = load_encoding(str(tiny_ranks))
     a_ids, b_ids = tiny.encode_ordinary("the cat"), tiny.encode_ordinary("and the end")
     assert tokens.tolist() == [*a_ids, tiny.eot_token, *b_ids]
@@ -269,7 +269,7 @@ def test_corpus_that_is_not_utf8_is_an_error(tmp_path):
     path.write_bytes("café".encode("latin-1"))
 
     with pytest.raises(PipelineError, match=r"latin1.txt is not UTF-8 text"):
-        list(tok.read_chunks(path))
+        list(read_chunks(path))
 
 
 # load_tokens
@@ -281,7 +281,8 @@ def tokens_dir(tmp_path) -> Path:
     folder.mkdir()
     ids = np.arange(1000, dtype=np.uint16)
     np.save(folder / "tokens.npy", ids, allow_pickle=False)
-    write_json(folder / "meta.json", {"dtype": "uint16", "num_tokens": 1000, "sha256": ids_sha256(ids)})
+    meta = {"encoding": "gpt2", "vocab_size": 50257, "dtype": "uint16", "num_tokens": 1000, "sha256": ids_sha256(ids)}
+    write_json(folder / "meta.json", meta)
     return folder
 
 

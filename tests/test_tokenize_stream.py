@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_stage, write_params
+from conftest import run_stage, set_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.tokenize import (
+from llmpipe.formats import TOKENS_FILE, TokenWriter
+from llmpipe.tokenizer import (
     CHUNK_CHARS,
-    TokenFile,
     load_encoding,
     ordered_map,
     read_chunks,
@@ -96,7 +96,7 @@ def test_documents_are_separated_by_one_end_of_text_and_their_starts_recorded(ti
     (raw / "a.txt").write_text("the cat")
     (raw / "b-folder" / "c.txt").write_text("and the hat")
     (raw / "z.txt").write_text("")
-    write_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
+    set_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
 
     result = run_stage("tokenize", tmp_path)
 
@@ -134,7 +134,7 @@ def test_literal_end_of_text_is_text_by_default_and_the_token_on_request(tiny_ra
 def test_literal_end_of_text_param_is_checked(tiny_ranks, tmp_path):
     (tmp_path / "data/raw").mkdir(parents=True)
     (tmp_path / "data/raw/a.txt").write_text("text")
-    write_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks), "literal_endoftext": "maybe"}})
+    set_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks), "literal_endoftext": "maybe"}})
 
     result = run_stage("tokenize", tmp_path)
 
@@ -170,7 +170,7 @@ def test_crlf_split_across_a_chunk_border_is_one_line_end(tmp_path):
 def test_empty_corpus_is_an_error(tiny_ranks, tmp_path):
     (tmp_path / "data/raw").mkdir(parents=True)
     (tmp_path / "data/raw/empty.txt").write_bytes(b"")
-    write_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
+    set_params(tmp_path, {"tokenize": {"encoding": str(tiny_ranks)}})
 
     result = run_stage("tokenize", tmp_path)
 
@@ -200,15 +200,16 @@ def test_a_50_mb_line_without_white_space_is_cut_into_bounded_chunks(gpt2_cache,
 
 def test_token_file_is_byte_identical_to_np_save(tmp_path):
     ids = np.arange(70_000, dtype=np.uint32) * 7
-    token_file = TokenFile(tmp_path / "streamed.npy", np.uint32)
-    for piece in np.array_split(ids, 5):
-        token_file.append(piece)
-    token_file.close()
+    with TokenWriter(tmp_path, np.uint32) as writer:
+        for piece in np.array_split(ids, 5):
+            writer.append(piece)
+        meta = writer.close("ranks", 70_000 * 7, 0, [{"file": "a.txt", "start": 0, "num_tokens": len(ids)}])
     saved = io.BytesIO()
     np.save(saved, ids, allow_pickle=False)
 
-    assert (tmp_path / "streamed.npy").read_bytes() == saved.getvalue()
-    assert token_file.num_tokens == len(ids)
+    assert (tmp_path / TOKENS_FILE).read_bytes() == saved.getvalue()
+    assert meta["num_tokens"] == writer.num_tokens == len(ids)
+    assert writer.head == ids[:20].tolist()
 
 
 def test_ordered_map_keeps_order_while_threads_finish_out_of_order():

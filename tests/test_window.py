@@ -7,22 +7,12 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-from conftest import assert_one_line_error, run_stage
-from pipeline_fixtures import CHAIN_WINDOW, CORPUS, built_chain, copy_project, snapshot
+from conftest import CHAIN_WINDOW, CORPUS, assert_one_line_error, book_windows, run_stage, set_params, snapshot
 
-from stages.common import PipelineError
-from stages.tokenize import load_encoding, load_tokens, tokenize
-from stages.window import NUM_PREVIEW, inputs_and_targets, preview, windows
-
-
-def book_windows(ids: list[int], max_length: int, stride: int) -> tuple[list[list[int]], list[list[int]]]:
-    """The book's GPTDatasetV1 loop, over a plain Python list."""
-    input_ids, target_ids = [], []
-    for i in range(0, len(ids) - max_length, stride):
-        input_ids.append(ids[i : i + max_length])
-        target_ids.append(ids[i + 1 : i + max_length + 1])
-    return input_ids, target_ids
+from llmpipe.errors import PipelineError
+from llmpipe.formats import load_tokens
+from llmpipe.tokenizer import load_encoding, tokenize
+from llmpipe.windows import NUM_PREVIEW, inputs_and_targets, preview, sliding_windows
 
 
 @pytest.fixture
@@ -39,7 +29,7 @@ def tokens() -> np.ndarray:
 def test_windows_match_the_books_gptdatasetv1(tokens, max_length, stride):
     expected_inputs, expected_targets = book_windows(tokens.tolist(), max_length, stride)
 
-    inputs, targets = inputs_and_targets(windows(tokens, max_length, stride))
+    inputs, targets = inputs_and_targets(sliding_windows(tokens, max_length, stride))
 
     assert inputs.tolist() == expected_inputs
     assert targets.tolist() == expected_targets
@@ -50,14 +40,14 @@ def test_windows_match_the_books_gptdatasetv1(tokens, max_length, stride):
 def test_a_corpus_of_max_length_plus_one_tokens_gives_exactly_one_window(max_length):
     ids = np.arange(100, 100 + max_length + 1, dtype=np.uint16)
 
-    inputs, targets = inputs_and_targets(windows(ids, max_length, stride=1))
+    inputs, targets = inputs_and_targets(sliding_windows(ids, max_length, stride=1))
 
     assert inputs.tolist() == [ids[:-1].tolist()] == book_windows(ids.tolist(), max_length, 1)[0]
     assert targets.tolist() == [ids[1:].tolist()]
 
 
 def test_windows_are_a_read_only_view_of_the_tokens_not_a_copy(tokens):
-    rows = windows(tokens, 4, 2)
+    rows = sliding_windows(tokens, 4, 2)
     inputs, targets = inputs_and_targets(rows)
 
     for array in (rows, inputs, targets):
@@ -73,14 +63,14 @@ def test_windows_are_a_read_only_view_of_the_tokens_not_a_copy(tokens):
 @pytest.mark.parametrize("num_tokens", [0, 1, 4])
 def test_fewer_than_max_length_plus_one_tokens_is_an_error_naming_max_length(num_tokens):
     with pytest.raises(PipelineError, match=r"max_length 4 needs at least 5 tokens but the corpus has") as error:
-        windows(np.arange(num_tokens, dtype=np.uint16), 4, 1)
+        sliding_windows(np.arange(num_tokens, dtype=np.uint16), 4, 1)
     assert f"has {num_tokens}" in str(error.value)
 
 
 def test_preview_gives_ids_and_decoded_text_of_the_first_windows(tiny_ranks):
     encoding = load_encoding(str(tiny_ranks))
     ids, _ = tokenize([CORPUS], encoding)
-    rows = windows(ids, 4, 2)
+    rows = sliding_windows(ids, 4, 2)
 
     table = preview(rows, 2, encoding)
 
@@ -101,7 +91,7 @@ def test_preview_of_back_to_back_windows_reads_as_the_start_of_the_text(tiny_ran
     encoding = load_encoding(str(tiny_ranks))
     ids, _ = tokenize([CORPUS], encoding)
 
-    table = preview(windows(ids, 5, 5), 5, encoding, count=6)
+    table = preview(sliding_windows(ids, 5, 5), 5, encoding, count=6)
 
     assert len(table) == 6
     assert "".join(table.input_text) == encoding.decode(ids[:30].tolist())
@@ -111,16 +101,11 @@ def test_preview_of_back_to_back_windows_reads_as_the_start_of_the_text(tiny_ran
 def test_preview_stops_at_the_last_window(tiny_ranks):
     encoding = load_encoding(str(tiny_ranks))
     ids, _ = tokenize(["the cat sat on the mat"], encoding)
-    rows = windows(ids, len(ids) - 2, 1)
+    rows = sliding_windows(ids, len(ids) - 2, 1)
 
     table = preview(rows, 1, encoding)
 
     assert len(table) == len(rows) == 2
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    return built_chain(tmp_path_factory)
 
 
 def test_window_stage_writes_geometry_preview_and_metrics(chain):
@@ -155,11 +140,9 @@ def test_window_stage_writes_geometry_preview_and_metrics(chain):
     ],
     ids=["max_length-0", "stride-string", "misspelled-key"],
 )
-def test_bad_window_params_give_one_error_line_and_leave_outputs_alone(chain, tmp_path, window_params, fragments):
-    project = copy_project(chain, tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["window"].update(window_params)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def test_bad_window_params_give_one_error_line_and_leave_outputs_alone(chain_copy, window_params, fragments):
+    project = chain_copy
+    set_params(project, {"window": window_params})
     before = snapshot(project, "data/windows", "metrics/window.json")
 
     result = run_stage("window", project)
@@ -168,12 +151,10 @@ def test_bad_window_params_give_one_error_line_and_leave_outputs_alone(chain, tm
     assert snapshot(project, "data/windows", "metrics/window.json") == before
 
 
-def test_window_stage_on_too_short_a_corpus_fails_in_one_line(chain, tmp_path):
-    project = copy_project(chain, tmp_path / "project")
+def test_window_stage_on_too_short_a_corpus_fails_in_one_line(chain_copy):
+    project = chain_copy
     num_tokens = json.loads((project / "data" / "tokens" / "meta.json").read_text())["num_tokens"]
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["window"]["max_length"] = num_tokens
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"window": {"max_length": num_tokens}})
     before = snapshot(project, "data/windows", "metrics/window.json")
 
     result = run_stage("window", project)

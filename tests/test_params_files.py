@@ -1,26 +1,19 @@
-"""stages/common.py: params checking, atomic outputs, metrics and one-line errors."""
+"""llmpipe.params, llmpipe.files and llmpipe.cli: params checking, atomic outputs, metrics and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
-from stages import common
-from stages.common import (
-    PipelineError,
-    boolean,
-    load_params,
-    non_negative_int,
-    output_dir,
-    positive_int,
-    read_json,
-    text,
-    write_file_atomic,
-    write_metrics,
-)
+from llmpipe.cli import run
+from llmpipe.errors import PipelineError
+from llmpipe.files import output_dir, read_json, write_file_atomic, write_json
+from llmpipe.formats import write_metrics
+from llmpipe.params import boolean, load_params, non_negative_int, positive_int, text
 
 WINDOW_SCHEMA = {"max_length": positive_int, "stride": positive_int}
 
@@ -278,10 +271,11 @@ def test_write_file_atomic_removes_its_temp_file_when_the_rename_fails(tmp_path)
     assert target.is_dir()
 
 
-def test_write_metrics_writes_lists_as_json_text(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    write_metrics("stage", {"num": 3, "ratio": 0.5, "name": "gpt2", "ids": [40, 367], "shape": (8, 4), "empty": []})
+def test_write_metrics_writes_lists_as_json_text(tmp_path):
+    write_metrics(
+        tmp_path / "metrics" / "stage.json",
+        {"num": 3, "ratio": 0.5, "name": "gpt2", "ids": [40, 367], "shape": (8, 4), "empty": []},
+    )
 
     metrics = json.loads((tmp_path / "metrics" / "stage.json").read_text())
     assert metrics == {"num": 3, "ratio": 0.5, "name": "gpt2", "ids": "[40, 367]", "shape": "[8, 4]", "empty": "[]"}
@@ -291,7 +285,7 @@ def test_write_metrics_writes_lists_as_json_text(tmp_path, monkeypatch):
 
 
 def test_read_json_reads_back_what_write_json_wrote(tmp_path):
-    common.write_json(tmp_path / "x.json", {"a": [1, 2], "b": "ü"})
+    write_json(tmp_path / "x.json", {"a": [1, 2], "b": "ü"})
 
     assert read_json(tmp_path / "x.json") == {"a": [1, 2], "b": "ü"}
 
@@ -312,20 +306,39 @@ def test_read_json_of_a_corrupt_file_is_an_error(tmp_path, content):
 # run
 
 
-def test_run_turns_a_pipeline_error_into_one_line_and_exit_status_1(capsys):
+def test_run_turns_a_pipeline_error_into_one_line_and_exit_status_1(capsys, monkeypatch):
     def main():
         raise PipelineError("window.stride must be a positive integer")
 
+    monkeypatch.setattr(sys, "argv", ["stages/window.py"])
     with pytest.raises(SystemExit) as exit_info:
-        common.run(main)
+        run(main)
 
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: window.stride must be a positive integer\n"
 
 
-def test_run_lets_other_exceptions_through():
+def test_run_lets_other_exceptions_through(monkeypatch):
     def main():
         raise ValueError("a bug, not bad input")
 
+    monkeypatch.setattr(sys, "argv", ["stages/window.py"])
     with pytest.raises(ValueError):
-        common.run(main)
+        run(main)
+
+
+def test_run_passes_the_command_lines_paths_and_prints_the_usage_when_they_do_not_fit(capsys, monkeypatch):
+    received = []
+
+    def main(tokens_dir: Path, windows_dir: Path):
+        received.extend([tokens_dir, windows_dir])
+
+    monkeypatch.setattr(sys, "argv", ["stages/window.py", "data/tokens", "data/windows"])
+    run(main)
+    assert received == [Path("data/tokens"), Path("data/windows")]
+
+    monkeypatch.setattr(sys, "argv", ["stages/window.py", "data/tokens"])
+    with pytest.raises(SystemExit) as exit_info:
+        run(main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: usage: python stages/window.py TOKENS_DIR WINDOWS_DIR (see dvc.yaml)\n"

@@ -27,6 +27,21 @@ def input_embeddings(
     return token_embedding(input_ids) + pos_embedding(torch.arange(input_ids.shape[-1]))
 
 
+def positional_context(context_length: int | None, max_length: int) -> int:
+    """The positional embedding's length: embed.context_length, or max_length when it is null, as the book sets it.
+
+    Raises PipelineError when an explicit context_length is shorter than max_length.
+    """
+    if context_length is None:
+        return max_length
+    if context_length < max_length:
+        raise PipelineError(
+            f"embed.context_length {context_length} is shorter than window.max_length {max_length}: "
+            f"raise embed.context_length to at least {max_length}, or set it to null to follow max_length"
+        )
+    return context_length
+
+
 def check_size(vocab_size: int, context_length: int, dim: int, batch_size: int, max_length: int) -> None:
     """Refuse float32 tensors (both weight matrices, the samples and one batch) over MAX_EMBEDDING_BYTES.
 

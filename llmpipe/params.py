@@ -71,6 +71,11 @@ def non_negative_int(key: str, value: Any) -> int:
     return _integer(key, value, 0, "non-negative")
 
 
+def positive_int_or_null(key: str, value: Any) -> int | None:
+    """A positive integer, or null (None) for "the default the stage derives"."""
+    return None if value is None else _integer(key, value, 1, "positive (or null)")
+
+
 def boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _bad(key, "true or false", value)

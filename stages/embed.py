@@ -11,32 +11,25 @@ import torch
 
 from llmpipe.cli import run
 from llmpipe.data import create_dataloader
-from llmpipe.embeddings import check_ids, check_size, embedding_layers, input_embeddings
-from llmpipe.errors import PipelineError
+from llmpipe.embeddings import check_ids, check_size, embedding_layers, input_embeddings, positional_context
 from llmpipe.files import output_dir
 from llmpipe.formats import EMBEDDINGS_FILE, NUM_SAMPLE_WINDOWS, save_tensors, write_metrics
-from llmpipe.params import load_params, non_negative_int, positive_int
+from llmpipe.params import load_params, non_negative_int, positive_int, positive_int_or_null
 
-SCHEMA = {"dim": positive_int, "context_length": positive_int, "seed": non_negative_int}
+SCHEMA = {"dim": positive_int, "context_length": positive_int_or_null, "seed": non_negative_int}
 
 
 def main(dataset_dir: Path, embeddings_dir: Path) -> None:
     params = load_params("embed", SCHEMA)
     loader = create_dataloader(dataset_dir)
     vocab_size, max_length = loader.dataset.vocab_size, loader.dataset.max_length
-    if params["context_length"] < max_length:
-        raise PipelineError(
-            f"embed.context_length {params['context_length']} is shorter than window.max_length "
-            f"{max_length}: raise embed.context_length to at least {max_length}"
-        )
+    context_length = positional_context(params["context_length"], max_length)
     # The first windows' inputs (fewer when the corpus has fewer windows), and the first batch's.
     sample_ids = torch.from_numpy(loader.dataset.windows[:NUM_SAMPLE_WINDOWS, :-1].astype(np.int64))
     batch_ids, _ = next(iter(loader))
     check_ids(torch.cat([sample_ids.flatten(), batch_ids.flatten()]), vocab_size, dataset_dir)
-    check_size(vocab_size, params["context_length"], params["dim"], len(batch_ids), max_length)
-    token_embedding, pos_embedding = embedding_layers(
-        vocab_size, params["context_length"], params["dim"], params["seed"]
-    )
+    check_size(vocab_size, context_length, params["dim"], len(batch_ids), max_length)
+    token_embedding, pos_embedding = embedding_layers(vocab_size, context_length, params["dim"], params["seed"])
     with torch.no_grad():
         tensors = {
             "token_embedding.weight": token_embedding.weight.detach(),

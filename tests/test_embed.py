@@ -152,3 +152,14 @@ def test_context_length_below_max_length_is_one_error_line(chain, tmp_path):
         f"{CHAIN_WINDOW['max_length']}",
     )
     assert snapshot(project, "data/embeddings", "metrics/embed.json") == before
+
+
+def test_a_null_context_length_follows_max_length_as_the_book_does(chain, tmp_path):
+    project = copy_project(chain, tmp_path / "project")
+    set_params(project, {"embed": {"context_length": None}})
+
+    result = run_stage("embed", project)
+
+    assert result.returncode == 0, result.stderr
+    saved = load_file(project / EMBEDDINGS)
+    assert saved["pos_embedding.weight"].shape == (CHAIN_WINDOW["max_length"], CHAIN_EMBED["dim"])

@@ -11,17 +11,17 @@ Needs only numpy and torch. The dataset folder's layout is llmpipe.formats'.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from llmpipe.errors import PipelineError
 from llmpipe.formats import ids_sha256, read_dataset_config, split_path
+from llmpipe.sampling import DistributedWindows, ShuffledWindows
 from llmpipe.windows import sliding_windows
 
 MISSING_DATASET = "pass the dataset folder (data/dataset in the project), or build it there with `dvc repro dataset`"
@@ -105,11 +105,12 @@ def collate_windows(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return default_collate(batch)
 
 
-def load_dataset(dataset_dir: str | Path, split: str = "train", *, verify: bool = True) -> TokenWindowDataset:
+def load_dataset(dataset_dir: str | Path, split: str = "train", *, verify: bool = False) -> TokenWindowDataset:
     """One split ("train" or "val") of the dataset folder `dataset_dir` that the pipeline's dataset stage wrote.
 
-    dataset.json's fields and the split file's size are always checked; with verify=True the ids'
-    sha256 too (one read of the file). The settings of dataset.json are on the result's `config`.
+    Opening is cheap whatever the size: dataset.json's fields and the split file's size are checked, no id is
+    read. With verify=True the ids' sha256 is checked too (one read of the whole file; the embed stage does it).
+    The settings of dataset.json are on the result's `config`.
     Raises PipelineError naming the folder and the fix when anything does not match.
     """
     dataset_dir = Path(dataset_dir)
@@ -133,27 +134,27 @@ def create_dataloader(
     drop_last: bool | None = None,
     num_workers: int = 0,
     distributed: bool = False,
+    verify: bool = False,
 ) -> DataLoader:
     """A DataLoader over one split of a dataset folder, with its recorded settings unless overridden.
 
-    As in the book, the training split is shuffled (from a generator seeded with `seed`, so the order
-    is the same every run) and drops its last partial batch; the validation split does neither.
-    With distributed=True (inside torch.distributed) each rank draws a disjoint share through a
-    DistributedSampler seeded the same way: call loader.sampler.set_epoch(epoch) at every epoch.
+    As in the book, the training split is shuffled and drops its last partial batch; the validation split
+    does neither. The shuffle is a seeded permutation computed on demand (llmpipe.sampling), so the order is
+    the same every run, a new one each epoch, and memory does not grow with the number of windows. With
+    distributed=True (inside torch.distributed) each rank draws a disjoint share of the same order (the
+    shares of DistributedSampler): call loader.sampler.set_epoch(epoch) at every epoch.
     Batches are (input_ids, target_ids), int64 tensors of shape [batch_size, max_length].
-    Raises PipelineError as load_dataset does.
+    Raises PipelineError as load_dataset(dataset_dir, split, verify=verify) does.
     """
-    dataset = load_dataset(dataset_dir, split)
+    dataset = load_dataset(dataset_dir, split, verify=verify)
     config = dataset.config
     training = split == "train"
     shuffle = (config["shuffle"] and training) if shuffle is None else shuffle
     seed = config["seed"] if seed is None else seed
     if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
-    elif shuffle:
-        sampler = ShuffledWindows(len(dataset), torch.Generator().manual_seed(seed))
+        sampler = DistributedWindows(len(dataset), seed=seed, shuffle=shuffle)
     else:
-        sampler = None  # in order
+        sampler = ShuffledWindows(len(dataset), seed, shuffle=shuffle)
     return DataLoader(
         dataset,
         batch_size=config["batch_size"] if batch_size is None else batch_size,
@@ -162,27 +163,3 @@ def create_dataloader(
         num_workers=num_workers,
         collate_fn=collate_windows,
     )
-
-
-class ShuffledWindows(Sampler[int]):
-    """Every window index once an epoch, in a new seeded order each epoch.
-
-    torch's RandomSampler turns each epoch's permutation into a Python list, 36 bytes a window: 11 GB
-    for the 300 million windows of a 1 GB corpus at stride 1. This keeps it as an int32 tensor (4 bytes
-    a window) and hands it out a slice at a time.
-    """
-
-    SLICE = 1 << 16
-
-    def __init__(self, num_windows: int, generator: torch.Generator):
-        self.num_windows = num_windows
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return self.num_windows
-
-    def __iter__(self) -> Iterator[int]:
-        dtype = torch.int32 if self.num_windows < 1 << 31 else torch.int64
-        order = torch.randperm(self.num_windows, generator=self.generator, dtype=dtype)
-        for start in range(0, self.num_windows, self.SLICE):
-            yield from order[start : start + self.SLICE].tolist()

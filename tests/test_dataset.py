@@ -11,7 +11,7 @@ import torch
 from conftest import CHAIN_DATASET, CHAIN_WINDOW, assert_one_line_error, copy_project, run_stage, set_params, snapshot
 from torch.utils.data import DataLoader
 
-from llmpipe.data import ShuffledWindows, TokenWindowDataset, collate_windows, create_dataloader, load_dataset
+from llmpipe.data import TokenWindowDataset, collate_windows, create_dataloader, load_dataset
 from llmpipe.errors import PipelineError
 from llmpipe.formats import DATASET_FORMAT as FORMAT
 from llmpipe.formats import ids_sha256, load_tokens
@@ -107,19 +107,6 @@ def test_two_workers_open_the_tokens_lazily_and_yield_the_same_batches(dataset, 
 
     assert with_workers == batches(0)
     assert len(with_workers) == -(-len(dataset) // 3)
-
-
-def test_shuffled_windows_give_every_index_once_an_epoch_in_a_seeded_new_order():
-    def epochs(seed):
-        sampler = ShuffledWindows(200_000, torch.Generator().manual_seed(seed))
-        return list(sampler), list(sampler)
-
-    first, second = epochs(3)
-
-    assert sorted(first) == sorted(second) == list(range(200_000))
-    assert first != second and first != sorted(first)
-    assert epochs(3) == (first, second)
-    assert epochs(4)[0] != first
 
 
 def test_create_dataloader_batches_equal_a_plain_dataloaders(tmp_path, token_file):

@@ -5,16 +5,16 @@ The counts come from np.bincount over chunks of the token array: memory is O(voc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
-CHUNK = 1 << 24  # tokens counted at a time: bincount casts its input to int64, so a chunk costs 8 bytes a token
 
-
-def token_counts(tokens: np.ndarray, vocab_size: int, chunk: int = CHUNK) -> np.ndarray:
-    """How often each id in range(vocab_size) occurs in `tokens`."""
+def token_counts(chunks: Iterable[np.ndarray], vocab_size: int) -> np.ndarray:
+    """How often each id in range(vocab_size) occurs in the arrays of `chunks` (e.g. TokenArray.chunks())."""
     counts = np.zeros(vocab_size, dtype=np.int64)
-    for start in range(0, len(tokens), chunk):
-        counts += np.bincount(tokens[start : start + chunk], minlength=vocab_size)
+    for ids in chunks:
+        counts += np.bincount(ids, minlength=vocab_size)
     return counts
 
 

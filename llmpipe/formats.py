@@ -1,8 +1,9 @@
 """The one owner of the pipeline's on-disk formats: what each file holds, how it is written, opened and checked.
 
-data/tokens/      tokens.npy   the corpus as one flat array of ids (uint16, or uint32 past 65,536 ids), a
-                               plain .npy file byte-identical to np.save of the array
-                  meta.json    encoding, vocab_size, eot_token, dtype, num_tokens, the ids' sha256, documents
+data/tokens/      tokens-NNNNN.bin  the corpus as one array of ids in shards (raw uint16, or uint32 past 65,536
+                               ids: nanoGPT's layout); each shard is a run of whole corpus files
+                  index.json   format, encoding, vocab_size, eot_token, dtype, num_tokens, each shard's file,
+                               num_tokens and sha256, and each corpus file's shard, start and documents
 data/windows/     windows.json window geometry: max_length, stride, num_windows, num_tokens
                   preview.csv  the first windows, ids and decoded text
 data/dataset/     train.bin    the training ids, raw (nanoGPT's layout), in the dtype dataset.json names
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,21 @@ from llmpipe.files import RESTORE, read_json, require_fields, write_file_atomic,
 
 # Tokens
 
-TOKENS_FILE = "tokens.npy"
-TOKENS_META_FILE = "meta.json"
-TOKENS_META_FIELDS = {"dtype": str, "num_tokens": int, "sha256": str, "encoding": str, "vocab_size": int}
-NUM_HEAD_IDS = 20  # the first ids, kept by TokenWriter for a preview (the book prints 20)
-HASH_CHUNK = 1 << 24  # ids hashed or copied at a time, so a memory-mapped corpus never has to fit in memory
+TOKENS_INDEX_FILE = "index.json"
+TOKENS_FORMAT = "llmpipe-tokens/1"
+TOKENS_INDEX_FIELDS = {
+    "format": str,
+    "encoding": str,
+    "vocab_size": int,
+    "eot_token": int,
+    "dtype": str,
+    "num_tokens": int,
+    "shards": list,
+    "files": list,
+}
+SHARD_FIELDS = {"file": str, "num_tokens": int, "sha256": str}
+NUM_HEAD_IDS = 20  # the first ids, as the book prints them
+READ_CHUNK = 1 << 22  # ids read, hashed or copied at a time (8 MiB of uint16): memory stays flat at any corpus size
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -44,7 +56,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def id_bytes(ids: np.ndarray, chunk: int = HASH_CHUNK) -> Iterator[bytes]:
+def shard_name(index: int) -> str:
+    """The file name of token shard `index`."""
+    return f"tokens-{index:05d}.bin"
+
+
+def id_bytes(ids: np.ndarray, chunk: int = READ_CHUNK) -> Iterator[bytes]:
     """A token array's bytes a slice at a time."""
     for start in range(0, len(ids), chunk):
         yield ids[start : start + chunk].tobytes()
@@ -58,40 +75,31 @@ def ids_sha256(ids: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class TokenWriter:
-    """tokens.npy and meta.json in `tokens_dir`, the ids appended piece by piece so no corpus has to fit in memory.
+class ShardWriter:
+    """One token shard (raw ids, nanoGPT's layout), appended piece by piece, hashed as it is written.
 
-    The .npy header is written first for length 0 and rewritten with the real length on close; numpy pads
-    the header for any length to the same size, so the file is byte-identical to np.save of the array.
-    Use it as a context manager; close() finishes both files. `head` holds the first NUM_HEAD_IDS ids.
+    The shard is written under a temporary name and renamed into place by close(), so a task that is
+    killed and retried (Ray) never leaves a partial shard under the final name. Use it as a context manager.
     """
 
-    def __init__(self, tokens_dir: Path, dtype: np.dtype):
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path = Path(path)
         self.dtype = np.dtype(dtype)
-        self.tokens_dir = Path(tokens_dir)
         self.num_tokens = 0
         self.head: list[int] = []
         self.sha256 = hashlib.sha256()
-        self.file = open(self.tokens_dir / TOKENS_FILE, "wb")
-        self.header_size = self._write_header()
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.file = open(self.tmp, "wb")
 
-    def __enter__(self) -> TokenWriter:
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.file.close()
-
-    def _write_header(self) -> int:
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": (self.num_tokens,),
-        }
-        np.lib.format.write_array_header_1_0(self.file, header)
-        return self.file.tell()
+        self.tmp.unlink(missing_ok=True)
 
     def append(self, ids: np.ndarray) -> None:
-        """Append `ids` (cast to the writer's dtype)."""
+        """Append `ids` (cast to the shard's dtype)."""
         data = ids.astype(self.dtype, copy=False).tobytes()
         self.file.write(data)
         self.sha256.update(data)
@@ -99,50 +107,116 @@ class TokenWriter:
         if len(self.head) < NUM_HEAD_IDS:
             self.head += ids[: NUM_HEAD_IDS - len(self.head)].tolist()
 
-    def close(self, encoding: str, vocab_size: int, eot_token: int, documents: list[dict[str, Any]]) -> dict[str, Any]:
-        """Finish tokens.npy and write meta.json; return what meta.json holds.
-
-        `documents` lists each document's file, start and num_tokens.
-        """
-        self.file.seek(0)
-        if self._write_header() != self.header_size:
-            raise RuntimeError("the .npy header changed size")  # numpy's padding makes this impossible
+    def close(self) -> dict[str, Any]:
+        """Rename the shard into place; return its index entry: file, num_tokens, sha256."""
         self.file.close()
-        meta = {
-            "encoding": encoding,
-            "vocab_size": vocab_size,
-            "eot_token": eot_token,
-            "dtype": self.dtype.name,
-            "num_tokens": self.num_tokens,
-            "sha256": self.sha256.hexdigest(),
-            "documents": documents,
-        }
-        write_json(self.tokens_dir / TOKENS_META_FILE, meta)
-        return meta
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "num_tokens": self.num_tokens, "sha256": self.sha256.hexdigest()}
 
 
-def load_tokens(tokens_dir: Path) -> tuple[np.ndarray, dict]:
-    """The token array in `tokens_dir`, memory-mapped read-only, and its meta.json, both checked.
+def write_token_index(
+    tokens_dir: Path, encoding: str, vocab_size: int, eot_token: int, shards: list[dict], files: list[dict]
+) -> dict[str, Any]:
+    """index.json: the encoding, the shards in order (file, num_tokens, sha256) and each corpus file's place
+    (file, shard, start in the whole array, num_tokens, num_documents). Returns what it holds."""
+    index = {
+        "format": TOKENS_FORMAT,
+        "encoding": encoding,
+        "vocab_size": vocab_size,
+        "eot_token": eot_token,
+        "dtype": token_dtype(vocab_size).name,
+        "num_tokens": sum(shard["num_tokens"] for shard in shards),
+        "shards": shards,
+        "files": files,
+    }
+    write_json(Path(tokens_dir) / TOKENS_INDEX_FILE, index)
+    return index
 
-    Raises PipelineError when either file is missing, unreadable, the two disagree, or the ids' sha256
-    differs from the recorded one.
+
+class TokenArray:
+    """The shards of a tokens folder as one read-only array of ids, never concatenated in memory.
+
+    len(), tokens[i], tokens[a:b] (an ndarray, a copy only when the slice spans shards), np.asarray(tokens)
+    (the whole array, for small corpora and tests), and chunks(): the ids a bounded piece at a time, read
+    with plain file reads so that a pass over a 10 GB corpus keeps its memory flat.
+    """
+
+    def __init__(self, paths: list[Path], counts: list[int], dtype: np.dtype):
+        self.paths, self.counts, self.dtype = paths, counts, np.dtype(dtype)
+        self.offsets = np.cumsum([0, *counts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _shard(self, k: int) -> np.ndarray:
+        if self.counts[k] == 0:
+            return np.empty(0, self.dtype)
+        return np.memmap(self.paths[k], self.dtype, mode="r", shape=(self.counts[k],))
+
+    def __getitem__(self, key: int | slice) -> np.ndarray | int:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            parts = list(self.chunks(start, max(start, stop)))
+            ids = parts[0] if len(parts) == 1 else np.concatenate([np.empty(0, self.dtype), *parts])
+            return ids[::step]
+        position = key + len(self) if key < 0 else key
+        if not 0 <= position < len(self):
+            raise IndexError(f"token {key} of {len(self)}")
+        k = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        return int(self._shard(k)[position - self.offsets[k]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        ids = self[:]
+        return ids if dtype is None else ids.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return self[:].tolist()
+
+    def chunks(self, start: int = 0, stop: int | None = None, size: int = READ_CHUNK) -> Iterator[np.ndarray]:
+        """The ids in [start, stop) as arrays of at most `size`, none spanning two shards."""
+        stop = len(self) if stop is None else stop
+        for k, path in enumerate(self.paths):
+            first, last = max(start, int(self.offsets[k])), min(stop, int(self.offsets[k + 1]))
+            for offset in range(first, last, size):
+                count = min(size, last - offset)
+                position = (offset - int(self.offsets[k])) * self.dtype.itemsize
+                yield np.fromfile(path, self.dtype, count=count, offset=position)
+
+
+def load_tokens(tokens_dir: Path, *, verify: bool = False) -> tuple[TokenArray, dict]:
+    """The token shards in `tokens_dir` as one TokenArray, and index.json, both checked.
+
+    Opening is cheap: the index's fields and each shard's size are checked. With verify=True each shard's
+    sha256 too (one read of every shard). Raises PipelineError naming the file that fails and the fix.
     """
     tokens_dir = Path(tokens_dir)
-    meta = read_json(tokens_dir / TOKENS_META_FILE, TOKENS_META_FIELDS)
-    path = tokens_dir / TOKENS_FILE
+    where = tokens_dir / TOKENS_INDEX_FILE
+    index = read_json(where, TOKENS_INDEX_FIELDS)
+    if index["format"] != TOKENS_FORMAT:
+        raise PipelineError(f"{where} is not in format {TOKENS_FORMAT}: run `dvc repro -f tokenize`")
     try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise PipelineError(f"{path} is not a readable token array ({one_line(str(error))}): {RESTORE}") from None
-    try:
-        matches = tokens.ndim == 1 and tokens.dtype == np.dtype(meta["dtype"]) and len(tokens) == meta["num_tokens"]
+        dtype = np.dtype(index["dtype"])
     except TypeError:
-        matches = False
-    if not matches:
-        raise PipelineError(f"{path} does not match {tokens_dir / TOKENS_META_FILE}: run `dvc repro -f tokenize`")
-    if ids_sha256(tokens) != meta["sha256"]:
-        raise PipelineError(f"{path} was edited or corrupted (its sha256 differs): run `dvc checkout`")
-    return tokens, meta
+        dtype = None
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+        raise PipelineError(f"{where}: dtype {shown(index['dtype'])} is not uint16 or uint32: {RESTORE}")
+    shards = [require_fields(shard, SHARD_FIELDS, where) for shard in index["shards"]]
+    paths = [tokens_dir / shard["file"] for shard in shards]
+    for path, shard in zip(paths, shards, strict=True):
+        size = path.stat().st_size if path.is_file() else None
+        if path.parent != tokens_dir or shard["num_tokens"] < 0 or size != shard["num_tokens"] * dtype.itemsize:
+            raise PipelineError(f"{path} does not hold the {shard['num_tokens']} ids {where} records: {RESTORE}")
+    tokens = TokenArray(paths, [shard["num_tokens"] for shard in shards], dtype)
+    if len(tokens) != index["num_tokens"]:
+        raise PipelineError(f"{where} counts {index['num_tokens']} ids but its shards hold {len(tokens)}: {RESTORE}")
+    if verify:
+        for k, (path, shard) in enumerate(zip(paths, shards, strict=True)):
+            digest = hashlib.sha256()
+            for ids in tokens.chunks(int(tokens.offsets[k]), int(tokens.offsets[k + 1])):
+                digest.update(ids.tobytes())
+            if digest.hexdigest() != shard["sha256"]:
+                raise PipelineError(f"{path} was edited or corrupted (its sha256 differs): run `dvc checkout`")
+    return tokens, index
 
 
 # Windows
@@ -181,17 +255,18 @@ DATASET_FIELDS = {
 SPLIT_FIELDS = {"file": str, "num_tokens": int, "num_windows": int, "sha256": str}
 
 
-def write_split(ids: np.ndarray, path: Path) -> str:
-    """Write the raw ids to `path` with flat memory; return their sha256, taken in the same pass."""
+def write_split(chunks: Iterable[np.ndarray], path: Path) -> str:
+    """Write the ids of `chunks` to `path` as raw ids; return their sha256, taken in the same pass."""
     digest = hashlib.sha256()
     with open(path, "wb") as file:
-        for data in id_bytes(ids):
+        for ids in chunks:
+            data = ids.tobytes()
             file.write(data)
             digest.update(data)
     return digest.hexdigest()
 
 
-def write_dataset(dataset_dir: Path, tokens: np.ndarray, splits: dict[str, dict], config: dict[str, Any]) -> dict:
+def write_dataset(dataset_dir: Path, tokens: TokenArray, splits: dict[str, dict], config: dict[str, Any]) -> dict:
     """The dataset folder: each split's ids (consecutive slices of `tokens`, sized as `splits` says) as raw
     files, and dataset.json holding `config`, the splits with each file's sha256, and the format tag.
 
@@ -200,10 +275,8 @@ def write_dataset(dataset_dir: Path, tokens: np.ndarray, splits: dict[str, dict]
     start = 0
     for split in SPLITS:
         end = start + splits[split]["num_tokens"]
-        splits[split] = {
-            **splits[split],
-            "sha256": write_split(tokens[start:end], Path(dataset_dir) / splits[split]["file"]),
-        }
+        path = Path(dataset_dir) / splits[split]["file"]
+        splits[split] = {**splits[split], "sha256": write_split(tokens.chunks(start, end), path)}
         start = end
     config = {"format": DATASET_FORMAT, **config, "splits": splits}
     write_json(Path(dataset_dir) / DATASET_FILE, config)
@@ -339,3 +412,76 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 def write_csv(path: Path, table) -> None:
     """A pandas DataFrame as CSV (no index, "\\n" line ends), atomically."""
     write_file_atomic(path, table.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+
+
+# Trained model (the train stage's data/model/)
+#
+# data/model/  model.safetensors       the GPT's state_dict, float32, each tensor's sha256 in the metadata
+#              config.json             MODEL_FORMAT, the GPTConfig fields and the state_dict's tensor names
+#              embeddings.safetensors  the trained token and positional embeddings, named as the embed stage's
+
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "config.json"
+MODEL_FORMAT = "llmpipe-gpt/1"
+MODEL_CONFIG_FIELDS = {
+    "vocab_size": int,
+    "context_length": int,
+    "emb_dim": int,
+    "n_heads": int,
+    "n_layers": int,
+    "drop_rate": (float, int),
+    "qkv_bias": bool,
+}
+TRAINED_EMBEDDINGS_FILE = "embeddings.safetensors"
+TRAINED_EMBEDDING_NAMES = ("token_embedding.weight", "pos_embedding.weight")
+MODEL_FIX = "run `dvc checkout data/model` or `dvc repro -f train`"
+
+
+def save_model(model_dir: Path, state_dict: dict[str, Any], config: dict[str, Any]) -> None:
+    """model.safetensors (the float32 state_dict, with each tensor's sha256) and config.json (`config`, the
+    GPTConfig fields, and the tensor names) in `model_dir`, each written atomically."""
+    tensors = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
+    save_tensors(tensors, Path(model_dir) / MODEL_FILE)
+    write_json(Path(model_dir) / MODEL_CONFIG_FILE, {"format": MODEL_FORMAT, **config, "tensors": sorted(tensors)})
+
+
+def load_model(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state_dict and the GPTConfig fields that save_model wrote, checked: the format, each field's type,
+    exactly the tensors config.json names, float32, each sha256, and embedding and output shapes that fit the
+    config. Build the model with llmpipe.model.load_gpt, which also checks the names against the architecture.
+
+    Raises PipelineError naming the file and the fix.
+    """
+    import torch
+
+    where = Path(model_dir) / MODEL_CONFIG_FILE
+    recorded = read_json(where, {**MODEL_CONFIG_FIELDS, "format": str, "tensors": list}, missing=MODEL_FIX)
+    if recorded["format"] != MODEL_FORMAT:
+        raise PipelineError(f"{where} is not in format {MODEL_FORMAT}: {MODEL_FIX}")
+    names = recorded["tensors"]
+    if not names or not all(isinstance(name, str) for name in names):
+        raise PipelineError(f"{where} is corrupt ('tensors' is not a list of names): {MODEL_FIX}")
+    config = {field: recorded[field] for field in MODEL_CONFIG_FIELDS}
+    tensors = load_tensors(Path(model_dir) / MODEL_FILE, tuple(names), torch.float32, fix=MODEL_FIX)
+    expected = {
+        "tok_emb.weight": [config["vocab_size"], config["emb_dim"]],
+        "pos_emb.weight": [config["context_length"], config["emb_dim"]],
+        "out_head.weight": [config["vocab_size"], config["emb_dim"]],
+    }
+    for name, shape in expected.items():
+        if name not in tensors or list(tensors[name].shape) != shape:
+            found = list(tensors[name].shape) if name in tensors else "missing"
+            raise PipelineError(f"{model_dir}: {name} is {found}, not {shape} as {where} says: {MODEL_FIX}")
+    return tensors, config
+
+
+def load_trained_embeddings(path: Path) -> dict[str, Any]:
+    """The trained token and positional embeddings that the train stage wrote, checked as load_embeddings checks
+    the embed stage's: exactly the two names, float32, 2-D matrices of one width, and each sha256."""
+    import torch
+
+    tensors = load_tensors(path, TRAINED_EMBEDDING_NAMES, torch.float32, fix=MODEL_FIX)
+    token, pos = (tensors[name].shape for name in TRAINED_EMBEDDING_NAMES)
+    if len(token) != 2 or len(pos) != 2 or token[1] != pos[1]:
+        raise PipelineError(f"{path} has shapes that do not fit together ({list(token)}, {list(pos)}): {MODEL_FIX}")
+    return tensors

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llmpipe.errors import PipelineError, one_line, shown
+from llmpipe.corpus import open_text
 from llmpipe.formats import token_dtype
 
 END_OF_TEXT = "<|endoftext|>"
@@ -114,19 +115,17 @@ def read_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
     """The text of one file in pieces of at most `chunk_chars` characters, cut where tokens allow.
 
     Read as the book's open(path, encoding="utf-8") reads it (line ends become "\\n"), except that a
-    leading byte-order mark is dropped. At least one piece, possibly empty, so every file is a document.
+    leading byte-order mark is dropped; a .gz or .zst file is decompressed as it is read (llmpipe.corpus).
+    At least one piece, possibly empty, so every file is a document.
     """
     buffer = ""
-    try:
-        with open(path, encoding="utf-8-sig", newline=None) as file:
-            while block := file.read(chunk_chars):
-                buffer += block
-                while len(buffer) > chunk_chars:
-                    cut = safe_cut(buffer, chunk_chars)
-                    yield buffer[:cut]
-                    buffer = buffer[cut:]
-    except UnicodeDecodeError as error:
-        raise PipelineError(f"{path} is not UTF-8 text ({error.reason}): convert it to UTF-8") from None
+    with open_text(path) as file:
+        while block := file.read(chunk_chars):
+            buffer += block
+            while len(buffer) > chunk_chars:
+                cut = safe_cut(buffer, chunk_chars)
+                yield buffer[:cut]
+                buffer = buffer[cut:]
     yield buffer
 
 
@@ -152,8 +151,10 @@ def tokenize_documents(
     literal_endoftext: str = "text",
     *,
     num_threads: int = NUM_THREADS,
+    separate_first: bool = False,
 ) -> list[int]:
-    """Feed the ids of each document (an iterable of text pieces) to `sink`, end-of-text between documents.
+    """Feed the ids of each document (an iterable of text pieces) to `sink`, end-of-text between documents
+    (and before the first one too with separate_first, for a shard that follows another).
 
     Returns where each document starts. "<|endoftext|>" written in the text is ordinary text unless
     literal_endoftext is "token".
@@ -172,7 +173,7 @@ def tokenize_documents(
     position = 0
     for index, ids in ordered_map(encode, pieces, num_threads):
         if index == len(starts):  # the first piece of the next document
-            if index:
+            if index or separate_first:
                 sink(end_of_text)
                 position += 1
             starts.append(position)
@@ -203,13 +204,3 @@ def corpus_files(raw_dir: Path) -> list[Path]:
     if not files:
         raise PipelineError(f"{raw_dir} holds no corpus file: run `dvc repro fetch`")
     return files
-
-
-def document_spans(files: list[Path], raw_dir: Path, starts: list[int], num_tokens: int) -> list[dict]:
-    """Each document's file (relative to raw_dir), start and num_tokens, from where tokenize_documents says
-    each starts (the end-of-text token between two documents belongs to neither)."""
-    ends = [*(start - 1 for start in starts[1:]), num_tokens]
-    return [
-        {"file": path.relative_to(raw_dir).as_posix(), "start": start, "num_tokens": end - start}
-        for path, start, end in zip(files, starts, ends, strict=True)
-    ]

@@ -29,6 +29,15 @@ def sliding_windows(tokens: np.ndarray, max_length: int, stride: int) -> np.ndar
     return np.lib.stride_tricks.sliding_window_view(tokens, max_length + 1)[::stride]
 
 
+def first_windows(tokens, max_length: int, stride: int, count: int = NUM_PREVIEW) -> np.ndarray:
+    """The first `count` windows (fewer if there are fewer) as sliding_windows gives them, reading only the
+    ids they cover: `tokens` may be a TokenArray of any size. Raises PipelineError as sliding_windows does."""
+    if len(tokens) < max_length + 1:
+        sliding_windows(np.empty(len(tokens), np.uint8), max_length, stride)  # raises the one error
+    head = np.asarray(tokens[: (count - 1) * stride + max_length + 1])
+    return sliding_windows(head, max_length, stride)[:count]
+
+
 def inputs_and_targets(window_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The input and target views of windows from sliding_windows."""
     return window_rows[:, :-1], window_rows[:, 1:]
@@ -88,25 +97,23 @@ def preview(window_rows: np.ndarray, stride: int, encoding, count: int = NUM_PRE
     )
 
 
-def sweep(tokens: np.ndarray, pairs: list[tuple[int, int]]):
-    """How many windows each (max_length, stride) gives: counted with sliding_windows and in closed form.
+def sweep(num_tokens: int, pairs: list[tuple[int, int]]):
+    """How many windows each (max_length, stride) gives over `num_tokens` ids: counted as the book's loop
+    counts them (its range of window starts) and in closed form.
 
-    Returns a pandas DataFrame with max_length, stride, num_windows, formula. Raises PipelineError if a
-    count and its closed form ever disagree (a bug in the window code).
+    Returns a pandas DataFrame with max_length, stride, num_windows, formula. Raises PipelineError when the
+    corpus is too short for a max_length, or if a count and its closed form ever disagree (a bug).
     """
     import pandas as pd
 
-    table = pd.DataFrame(
-        [
-            {
-                "max_length": max_length,
-                "stride": stride,
-                "num_windows": len(sliding_windows(tokens, max_length, stride)),
-                "formula": num_windows(len(tokens), max_length, stride),
-            }
-            for max_length, stride in pairs
-        ]
-    )
+    rows = []
+    for max_length, stride in pairs:
+        if num_tokens < max_length + 1:
+            sliding_windows(np.empty(num_tokens, np.uint8), max_length, stride)  # raises the one error
+        counted = len(range(0, num_tokens - max_length, stride))
+        rows.append({"max_length": max_length, "stride": stride, "num_windows": counted, "formula": 0})
+        rows[-1]["formula"] = num_windows(num_tokens, max_length, stride)
+    table = pd.DataFrame(rows)
     wrong = table[table.num_windows != table.formula]
     if len(wrong):
         row = wrong.iloc[0]

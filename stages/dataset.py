@@ -21,7 +21,7 @@ SCHEMA = {"batch_size": positive_int, "shuffle": boolean, "seed": non_negative_i
 def main(tokens_dir: Path, windows_dir: Path, dataset_dir: Path) -> None:
     params = load_params("dataset", SCHEMA)
     geometry = read_windows(windows_dir)
-    tokens, meta = load_tokens(tokens_dir)
+    tokens, meta = load_tokens(tokens_dir, verify=True)  # cheap next to copying every id
     if geometry["num_tokens"] != len(tokens):
         raise PipelineError(f"{windows_dir} was built from other tokens than {tokens_dir}: run `dvc repro`")
     max_length, stride = geometry["max_length"], geometry["stride"]

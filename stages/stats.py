@@ -20,7 +20,7 @@ SCHEMA = {"top_tokens": positive_int}
 def main(tokens_dir: Path) -> None:
     params = load_params("stats", SCHEMA)
     tokens, meta = load_tokens(tokens_dir)
-    counts = token_counts(tokens, meta["vocab_size"])
+    counts = token_counts(tokens.chunks(), meta["vocab_size"])
     top = top_tokens(counts, load_encoding(meta["encoding"]), params["top_tokens"])
     write_csv(Path("metrics/token_freq.csv"), top)
     write_csv(Path("metrics/zipf.csv"), rank_frequency(counts))

@@ -13,7 +13,7 @@ SCHEMA = {"configs": window_pairs}
 def main(tokens_dir: Path) -> None:
     params = load_params("sweep", SCHEMA)
     tokens, _ = load_tokens(tokens_dir)
-    table = sweep(tokens, params["configs"])
+    table = sweep(len(tokens), params["configs"])
     write_csv(Path("metrics/sweep.csv"), table)
     counts = {f"max_length_{row.max_length}_stride_{row.stride}": int(row.num_windows) for row in table.itertuples()}
     write_metrics(Path("metrics/sweep.json"), {"num_windows": counts})

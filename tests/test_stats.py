@@ -20,7 +20,7 @@ from llmpipe.tokenizer import load_encoding
 def test_token_counts_match_a_plain_count_whatever_the_chunk(chunk):
     tokens = np.array([5, 1, 5, 0, 9, 5, 1, 9, 9, 9], dtype=np.uint16)
 
-    counts = token_counts(tokens, vocab_size=12, chunk=chunk)
+    counts = token_counts((tokens[i : i + chunk] for i in range(0, len(tokens), chunk)), vocab_size=12)
 
     assert counts.shape == (12,)
     assert dict(enumerate(counts.tolist())) == {i: Counter(tokens.tolist())[i] for i in range(12)}
@@ -44,7 +44,7 @@ def test_labels_show_spaces_and_line_breaks(tiny_ranks):
 def test_top_tokens_and_rank_frequency_tables(tiny_ranks):
     encoding = load_encoding(str(tiny_ranks))
     tokens = np.array(encoding.encode_ordinary("the the the and and"), dtype=np.uint16)
-    counts = token_counts(tokens, encoding.n_vocab)
+    counts = token_counts([tokens], encoding.n_vocab)
 
     top = top_tokens(counts, encoding, 2)
     zipf = rank_frequency(counts)

@@ -11,7 +11,7 @@ from conftest import TINY_MERGES, VERDICT, run_stage, set_params, write_ranks_fi
 
 from llmpipe.errors import PipelineError
 from llmpipe.files import write_json
-from llmpipe.formats import ids_sha256, load_tokens, token_dtype
+from llmpipe.formats import ids_sha256, load_tokens, shard_name, token_dtype, write_token_index
 from llmpipe.tokenizer import END_OF_TEXT, corpus_files, load_encoding, read_chunks, tokenize
 
 VERDICT_NUM_TOKENS = 5145
@@ -198,25 +198,27 @@ def test_cli_fetch_then_tokenize_the_verdict(tmp_path, gpt2_cache):
 
     assert first.returncode == 0, first.stderr
     tokens_dir = tmp_path / "data" / "tokens"
-    tokens = np.load(tokens_dir / "tokens.npy", allow_pickle=False)
-    assert tokens.dtype == np.uint16
+    tokens = np.fromfile(tokens_dir / "tokens-00000.bin", np.uint16)
     assert tokens.shape == (VERDICT_NUM_TOKENS,)
     assert tokens[:20].tolist() == VERDICT_FIRST_TOKENS
-    meta = json.loads((tokens_dir / "meta.json").read_text())
-    assert meta == {
+    index = json.loads((tokens_dir / "index.json").read_text())
+    assert index == {
+        "format": "llmpipe-tokens/1",
         "encoding": "gpt2",
         "vocab_size": GPT2_VOCAB,
         "eot_token": GPT2_VOCAB - 1,
         "dtype": "uint16",
         "num_tokens": VERDICT_NUM_TOKENS,
-        "sha256": ids_sha256(tokens),
-        "documents": [{"file": "the-verdict.txt", "start": 0, "num_tokens": VERDICT_NUM_TOKENS}],
+        "shards": [{"file": "tokens-00000.bin", "num_tokens": VERDICT_NUM_TOKENS, "sha256": ids_sha256(tokens)}],
+        "files": [
+            {"file": "the-verdict.txt", "start": 0, "num_tokens": VERDICT_NUM_TOKENS, "num_documents": 1, "shard": 0}
+        ],
     }
     metrics = json.loads((tmp_path / "metrics" / "tokenize.json").read_text())
     assert metrics["num_tokens"] == VERDICT_NUM_TOKENS
     assert json.loads(metrics["first_tokens"]) == VERDICT_FIRST_TOKENS
 
-    outputs = [tokens_dir / "tokens.npy", tokens_dir / "meta.json", tmp_path / "metrics" / "tokenize.json"]
+    outputs = [*sorted(tokens_dir.iterdir()), tmp_path / "metrics" / "tokenize.json"]
     before = [path.read_bytes() for path in outputs]
     second = run_stage("tokenize", tmp_path)
 
@@ -238,9 +240,9 @@ def test_stage_records_each_document_with_a_tiny_encoding(tmp_path, tiny_ranks):
     tiny = load_encoding(str(tiny_ranks))
     a_ids, b_ids = tiny.encode_ordinary("the cat"), tiny.encode_ordinary("and the end")
     assert tokens.tolist() == [*a_ids, tiny.eot_token, *b_ids]
-    assert meta["documents"] == [
-        {"file": "a.txt", "start": 0, "num_tokens": len(a_ids)},
-        {"file": "b.txt", "start": len(a_ids) + 1, "num_tokens": len(b_ids)},
+    assert meta["files"] == [
+        {"file": "a.txt", "start": 0, "num_tokens": len(a_ids), "num_documents": 1, "shard": 0},
+        {"file": "b.txt", "start": len(a_ids) + 1, "num_tokens": len(b_ids), "num_documents": 1, "shard": 0},
     ]
     assert meta["vocab_size"] == TINY_VOCAB
     assert meta["eot_token"] == tiny.eot_token
@@ -268,7 +270,7 @@ def test_corpus_that_is_not_utf8_is_an_error(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café".encode("latin-1"))
 
-    with pytest.raises(PipelineError, match=r"latin1.txt is not UTF-8 text"):
+    with pytest.raises(PipelineError, match=r"latin1.txt line 1 is not UTF-8"):
         list(read_chunks(path))
 
 
@@ -277,46 +279,60 @@ def test_corpus_that_is_not_utf8_is_an_error(tmp_path):
 
 @pytest.fixture
 def tokens_dir(tmp_path) -> Path:
+    """A tokens folder of two shards holding 0..999, as the tokenize stage lays it out."""
     folder = tmp_path / "tokens"
     folder.mkdir()
-    ids = np.arange(1000, dtype=np.uint16)
-    np.save(folder / "tokens.npy", ids, allow_pickle=False)
-    meta = {"encoding": "gpt2", "vocab_size": 50257, "dtype": "uint16", "num_tokens": 1000, "sha256": ids_sha256(ids)}
-    write_json(folder / "meta.json", meta)
+    shards = []
+    for k, ids in enumerate(np.split(np.arange(1000, dtype=np.uint16), [600])):
+        ids.tofile(folder / shard_name(k))
+        shards.append({"file": shard_name(k), "num_tokens": len(ids), "sha256": ids_sha256(ids)})
+    write_token_index(folder, "gpt2", 50257, 50256, shards, [])
     return folder
 
 
-def test_load_tokens_reads_the_array_read_only(tokens_dir):
-    tokens, meta = load_tokens(tokens_dir)
+def test_load_tokens_reads_the_shards_as_one_array(tokens_dir):
+    tokens, index = load_tokens(tokens_dir, verify=True)
 
+    assert len(tokens) == index["num_tokens"] == 1000
     assert tokens.tolist() == list(range(1000))
-    assert meta["num_tokens"] == 1000
-    with pytest.raises(ValueError):
-        tokens[0] = 1
+    assert tokens[598:603].tolist() == [598, 599, 600, 601, 602]  # across the shards
+    assert tokens[600] == 600 and tokens[-1] == 999
+    assert np.concatenate(list(tokens.chunks(5, 995, size=7))).tolist() == list(range(5, 995))
+    assert all(len(chunk) <= 7 for chunk in tokens.chunks(size=7))
+
+
+@pytest.mark.parametrize("keep", [0, 1, 100, -1], ids=["empty", "odd-byte", "short", "last-byte"])
+def test_load_tokens_rejects_a_truncated_shard(tokens_dir, keep):
+    path = tokens_dir / shard_name(1)
+    path.write_bytes(path.read_bytes()[:keep])
+
+    with pytest.raises(PipelineError, match=r"tokens-00001.bin does not hold the 400 ids"):
+        load_tokens(tokens_dir)
 
 
 @pytest.mark.parametrize(
-    "keep", [0, 3, 20, 100, 1000, -1], ids=["empty", "magic", "header", "header-end", "data", "last-byte"]
+    "change", [{"dtype": "uint32"}, {"dtype": "int16"}, {"num_tokens": 999}, {"format": "x"}], ids=str
 )
-def test_load_tokens_rejects_a_truncated_array(tokens_dir, keep):
-    path = tokens_dir / "tokens.npy"
-    path.write_bytes(path.read_bytes()[:keep])
+def test_load_tokens_rejects_an_index_that_does_not_match_its_shards(tokens_dir, change):
+    index = json.loads((tokens_dir / "index.json").read_text())
+    write_json(tokens_dir / "index.json", {**index, **change})
 
-    with pytest.raises(PipelineError, match=r"is not a readable token array"):
+    with pytest.raises(PipelineError, match=r"index.json|tokens-0000"):
         load_tokens(tokens_dir)
 
 
-@pytest.mark.parametrize("change", [{"dtype": "uint32"}, {"num_tokens": 999}], ids=["dtype", "length"])
-def test_load_tokens_rejects_an_array_that_does_not_match_its_metadata(tokens_dir, change):
-    meta = json.loads((tokens_dir / "meta.json").read_text())
-    write_json(tokens_dir / "meta.json", {**meta, **change})
-
-    with pytest.raises(PipelineError, match=r"does not match"):
-        load_tokens(tokens_dir)
-
-
-def test_load_tokens_without_metadata_says_to_rebuild(tokens_dir):
-    (tokens_dir / "meta.json").unlink()
+def test_load_tokens_without_its_index_says_to_rebuild(tokens_dir):
+    (tokens_dir / "index.json").unlink()
 
     with pytest.raises(PipelineError, match=r"not found"):
         load_tokens(tokens_dir)
+
+
+def test_an_edited_id_is_found_by_verify_only(tokens_dir):
+    ids = np.fromfile(tokens_dir / shard_name(1), np.uint16)
+    ids[7] += 1
+    ids.tofile(tokens_dir / shard_name(1))
+
+    assert load_tokens(tokens_dir)[0][607] == 608  # opening checks sizes, not every id
+    with pytest.raises(PipelineError, match=r"tokens-00001.bin was edited or corrupted"):
+        load_tokens(tokens_dir, verify=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import time
 
 import numpy as np
@@ -12,7 +12,7 @@ from conftest import run_stage, set_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmpipe.formats import TOKENS_FILE, TokenWriter
+from llmpipe.formats import ShardWriter, ids_sha256, shard_name
 from llmpipe.tokenizer import (
     CHUNK_CHARS,
     load_encoding,
@@ -102,15 +102,15 @@ def test_documents_are_separated_by_one_end_of_text_and_their_starts_recorded(ti
 
     assert result.returncode == 0, result.stderr
     encoding = load_encoding(str(tiny_ranks))
-    tokens = np.load(tmp_path / "data/tokens/tokens.npy", allow_pickle=False)
+    tokens = np.fromfile(tmp_path / "data/tokens/tokens-00000.bin", np.uint16)
     a, c = encoding.encode_ordinary("the cat"), encoding.encode_ordinary("and the hat")
     eot = encoding.eot_token
     assert tokens.tolist() == [*a, eot, *c, eot]
-    meta = json.loads((tmp_path / "data/tokens/meta.json").read_text())
-    assert meta["documents"] == [
-        {"file": "a.txt", "start": 0, "num_tokens": len(a)},
-        {"file": "b-folder/c.txt", "start": len(a) + 1, "num_tokens": len(c)},
-        {"file": "z.txt", "start": len(a) + len(c) + 2, "num_tokens": 0},
+    index = json.loads((tmp_path / "data/tokens/index.json").read_text())
+    assert index["files"] == [
+        {"file": "a.txt", "start": 0, "num_tokens": len(a), "num_documents": 1, "shard": 0},
+        {"file": "b-folder/c.txt", "start": len(a) + 1, "num_tokens": len(c), "num_documents": 1, "shard": 0},
+        {"file": "z.txt", "start": len(a) + len(c) + 2, "num_tokens": 0, "num_documents": 1, "shard": 0},
     ]
     assert json.loads((tmp_path / "metrics/tokenize.json").read_text())["num_documents"] == 3
 
@@ -198,18 +198,21 @@ def test_a_50_mb_line_without_white_space_is_cut_into_bounded_chunks(gpt2_cache,
     assert num_tokens > 50 * 2**20 // 8  # random letters are a few per token
 
 
-def test_token_file_is_byte_identical_to_np_save(tmp_path):
+def test_a_shard_is_renamed_into_place_only_when_whole(tmp_path):
     ids = np.arange(70_000, dtype=np.uint32) * 7
-    with TokenWriter(tmp_path, np.uint32) as writer:
+    with ShardWriter(tmp_path / shard_name(0), np.uint32) as writer:
         for piece in np.array_split(ids, 5):
             writer.append(piece)
-        meta = writer.close("ranks", 70_000 * 7, 0, [{"file": "a.txt", "start": 0, "num_tokens": len(ids)}])
-    saved = io.BytesIO()
-    np.save(saved, ids, allow_pickle=False)
+        assert [p.name for p in tmp_path.iterdir()] == [f".{shard_name(0)}.tmp-{os.getpid()}"]
+        entry = writer.close()
 
-    assert (tmp_path / TOKENS_FILE).read_bytes() == saved.getvalue()
-    assert meta["num_tokens"] == writer.num_tokens == len(ids)
+    assert np.fromfile(tmp_path / shard_name(0), np.uint32).tolist() == ids.tolist()
+    assert entry == {"file": shard_name(0), "num_tokens": len(ids), "sha256": ids_sha256(ids)}
     assert writer.head == ids[:20].tolist()
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / shard_name(1), np.uint32) as broken:
+        broken.append(ids)
+        raise RuntimeError("killed mid-shard")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard_name(0)]
 
 
 def test_ordered_map_keeps_order_while_threads_finish_out_of_order():

@@ -153,7 +153,7 @@ def test_bad_window_params_give_one_error_line_and_leave_outputs_alone(chain_cop
 
 def test_window_stage_on_too_short_a_corpus_fails_in_one_line(chain_copy):
     project = chain_copy
-    num_tokens = json.loads((project / "data" / "tokens" / "meta.json").read_text())["num_tokens"]
+    num_tokens = json.loads((project / "data" / "tokens" / "index.json").read_text())["num_tokens"]
     set_params(project, {"window": {"max_length": num_tokens}})
     before = snapshot(project, "data/windows", "metrics/window.json")
 

@@ -3,27 +3,44 @@ brings back earlier params' outputs without running a stage.
 
 Two clones of a git repo holding the project run `dvc repro` side by side, each with its own DVC cache.
 The lock test fails when a change to the stages changes an output the committed dvc.lock records: run
-`dvc repro` and commit dvc.lock with the change.
+`dvc repro` and commit dvc.lock with the change. The run-cache test changes params in the first clone; its
+fixture's teardown puts the clone back as reproduced, so the tests pass in any order.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
-from dvc_project import clone, dvc, outputs, popen_dvc, project_repo, set_params, sh
+from conftest import set_params
+from dvc_project import clone, dvc, outputs, popen_dvc, project_repo, put_back, sh, stop
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def clones(tmp_path_factory):
+def clones(tmp_path_factory) -> Iterator[list[Path]]:
     base = tmp_path_factory.mktemp("determinism")
     origin = project_repo(base / "origin")
     repos = [clone(origin, base / name) for name in ("first", "second")]
     runs = [popen_dvc(repo, base / f"{repo.name}.log", "repro") for repo in repos]
-    for run, repo in zip(runs, repos, strict=True):
-        assert run.wait(timeout=600) == 0, (base / f"{repo.name}.log").read_text()
-    return repos
+    try:
+        for run, repo in zip(runs, repos, strict=True):
+            assert run.wait(timeout=600) == 0, (base / f"{repo.name}.log").read_text()
+        yield repos
+    finally:
+        for run in runs:  # a run that failed or timed out leaves the other one running
+            stop(run)
+
+
+@pytest.fixture
+def changed(clones) -> Iterator[Path]:
+    """The first clone, for a test that changes its params and reruns it; put back as reproduced afterwards."""
+    with put_back(clones[0]) as repo:
+        yield repo
 
 
 def test_two_fresh_clones_reproduce_byte_identical_outputs(clones):
@@ -46,16 +63,16 @@ def test_outputs_hash_to_the_committed_dvc_lock(clones):
         assert "Data and pipelines are up to date." in dvc(repo, "status").stdout
 
 
-def test_stride_1_then_2_then_1_restores_stride_1_from_the_run_cache(clones):
-    repo = clones[0]
+def test_stride_1_then_2_then_1_restores_stride_1_from_the_run_cache(changed):
+    repo = changed
     stride_1 = outputs(repo)
 
-    set_params(repo, "window", stride=2)
+    set_params(repo, {"window": {"stride": 2}})
     ran = set(re.findall(r"Running stage '(\w+)'", dvc(repo, "repro").stdout))
     assert "window" in ran
     assert outputs(repo) != stride_1
 
-    set_params(repo, "window", stride=1)
+    set_params(repo, {"window": {"stride": 1}})
     log = dvc(repo, "repro").stdout
     assert "Running stage" not in log
     assert set(re.findall(r"Stage '(\w+)' is cached - skipping run", log)) == ran

@@ -1,8 +1,8 @@
-"""Training code consumes data/dataset/ under torch.distributed: two processes (gloo, CPU), DistributedSampler.
+"""Training code consumes data/dataset/ under torch.distributed: two processes (gloo, CPU), DistributedWindows.
 
 The dataset folder is built by the real stages (tokenize, window, dataset) on a small corpus. Each rank loads
-it with the README's `create_dataloader(..., distributed=True)`, draws its share through the loader's
-DistributedSampler, and writes what it got (JSON, one file per rank); the test then checks the shares are
+it with `create_dataloader(..., distributed=True)`, draws its share through the loader's
+DistributedWindows sampler, and writes what it got (JSON, one file per rank); the test then checks the shares are
 disjoint, cover every window, and are reshuffled each epoch in an order anyone can recompute from the seed.
 """
 
@@ -16,11 +16,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_ranks_file
-from pipeline_fixtures import make_project, run_ok
-from torch.utils.data.distributed import DistributedSampler
+from conftest import make_project, run_ok, write_ranks_file
 
-from stages.dataset import create_dataloader, load_dataset
+from llmpipe.data import create_dataloader, load_dataset
+from llmpipe.sampling import DistributedWindows
+
+pytestmark = pytest.mark.distributed
 
 WORLD_SIZE = 2
 EPOCHS = 2
@@ -56,7 +57,7 @@ def dataset_dir(tmp_path_factory) -> Path:
     project = make_project(base / "project", ranks, {"window": window, "dataset": {"batch_size": 4, "seed": 7}})
     for stage in ("tokenize", "window", "dataset"):
         run_ok(stage, project)
-    if len(load_dataset(project / "data" / "dataset")[0]) % WORLD_SIZE:
+    if len(load_dataset(project / "data" / "dataset")) % WORLD_SIZE:
         # With stride 1 one token more per window is one window fewer: the count becomes even.
         make_project(project, ranks, {"window": {**window, "max_length": 7}, "dataset": {"batch_size": 4, "seed": 7}})
         for stage in ("window", "dataset"):
@@ -73,7 +74,7 @@ def shares(dataset_dir, tmp_path_factory) -> list[list[dict]]:
 
 
 def test_ranks_get_disjoint_windows_that_cover_the_dataset(dataset_dir, shares):
-    dataset, _ = load_dataset(dataset_dir)
+    dataset = load_dataset(dataset_dir)
     assert len(dataset) % WORLD_SIZE == 0 and len(dataset) > 20
 
     for epoch in range(EPOCHS):
@@ -85,7 +86,7 @@ def test_ranks_get_disjoint_windows_that_cover_the_dataset(dataset_dir, shares):
 
 
 def test_each_rank_loads_the_windows_its_sampler_chose(dataset_dir, shares):
-    dataset, _ = load_dataset(dataset_dir)
+    dataset = load_dataset(dataset_dir)
 
     for share in shares:
         for epoch in share:
@@ -93,13 +94,13 @@ def test_each_rank_loads_the_windows_its_sampler_chose(dataset_dir, shares):
 
 
 def test_the_shuffle_is_seeded_and_changes_every_epoch(dataset_dir, shares):
-    dataset, config = load_dataset(dataset_dir)
+    dataset = load_dataset(dataset_dir)
 
     for rank, share in enumerate(shares):
         assert share[0]["indices"] != share[1]["indices"]
         assert share[0]["indices"] != sorted(share[0]["indices"])
         for epoch in range(EPOCHS):
             # The same order, recomputed here in another process from nothing but the recorded seed.
-            sampler = DistributedSampler(dataset, num_replicas=WORLD_SIZE, rank=rank, seed=config["seed"])
+            sampler = DistributedWindows(len(dataset), num_replicas=WORLD_SIZE, rank=rank, seed=dataset.config["seed"])
             sampler.set_epoch(epoch)
             assert list(sampler) == share[epoch]["indices"]

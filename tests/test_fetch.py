@@ -1,4 +1,4 @@
-"""stages/fetch.py: getting the corpus from paths, file:// URLs, folders or $CORPUS_MIRROR, and pinning it.
+"""The fetch stage (llmpipe.fetch): the corpus from paths, file:// URLs, folders or $CORPUS_MIRROR, pinned.
 
 Downloads from a real HTTP server, with every fault it can throw, are in test_fetch_http.py.
 """
@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, VERDICT_SHA256, assert_one_line_error, run_stage, write_params
+from conftest import CORPUS_DIR, ROOT, VERDICT_SHA256, assert_one_line_error, run_stage, set_params
 
-from stages.common import PipelineError, load_params
-from stages.fetch import (
-    SCHEMA,
-    Document,
-    FileSource,
-    FolderSource,
-    Limits,
-    candidates,
-    corpus_metrics,
-    fetch,
-    file_name,
-    source_list,
-)
+from llmpipe.errors import PipelineError
+from llmpipe.fetch import Document, Limits, candidates, corpus_metrics, fetch, file_name
+from llmpipe.params import FileSource, FolderSource, load_params, source_list
+from stages.fetch import SCHEMA
 
 # Nothing listens on the discard port of the loopback address: connecting fails at once, with no network.
 UNREACHABLE_URL = "http://127.0.0.1:9/the-verdict.txt"
@@ -136,7 +127,7 @@ def test_fetch_counts_characters_not_bytes(tmp_path, out_dir):
 
 
 def test_fetch_reads_a_corpus_larger_than_one_chunk(tmp_path, out_dir, monkeypatch):
-    monkeypatch.setattr("stages.fetch.CHUNK_BYTES", 7)  # multi-byte characters straddle chunk boundaries
+    monkeypatch.setattr("llmpipe.fetch.CHUNK_BYTES", 7)  # multi-byte characters straddle chunk boundaries
     path = tmp_path / "utf8.txt"
     path.write_text(NON_ASCII_TEXT * 5, encoding="utf-8")
     data = path.read_bytes()
@@ -147,7 +138,7 @@ def test_fetch_reads_a_corpus_larger_than_one_chunk(tmp_path, out_dir, monkeypat
 
 @pytest.mark.parametrize(("extra", "stored"), [(0, True), (1, False)], ids=["at-the-cap", "one-byte-over"])
 def test_max_bytes_caps_local_files_too(corpus, out_dir, monkeypatch, extra, stored):
-    monkeypatch.setattr("stages.fetch.CHUNK_BYTES", 4)
+    monkeypatch.setattr("llmpipe.fetch.CHUNK_BYTES", 4)
     data = corpus.read_bytes()
     corpus.write_bytes(data + b"!" * extra)
     limits = Limits(timeout_seconds=5, max_bytes=len(data), retries=0)
@@ -379,8 +370,11 @@ def test_default_params_are_the_book_corpus_alone_with_sane_limits():
 
 def test_dvc_yaml_lists_every_fetch_param():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["fetch"]
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["fetch"]
 
-    assert stage["params"] == [f"fetch.{key}" for key in SCHEMA]
+    # The whole section: a change to any of its keys, each one a key of SCHEMA, reruns the stage.
+    assert stage["params"] == ["fetch"]
+    assert list(section) == list(SCHEMA)
 
 
 # Errors: each leaves the previous output as it was
@@ -455,7 +449,7 @@ def test_utf8_cut_off_at_the_end_is_an_error(tmp_path, out_dir):
 
 
 def test_utf8_error_offset_counts_bytes_held_over_from_the_previous_chunk(tmp_path, out_dir, monkeypatch):
-    monkeypatch.setattr("stages.fetch.CHUNK_BYTES", 3)
+    monkeypatch.setattr("llmpipe.fetch.CHUNK_BYTES", 3)
     broken = tmp_path / "the-verdict.txt"
     broken.write_bytes(b"ab\xe2\x82X")  # a three-byte character cut short at byte 2
 
@@ -503,7 +497,7 @@ def test_file_name_is_the_last_part_of_the_urls_path(url, name):
 
 def test_cli_writes_the_corpus_and_its_metrics(tmp_path, corpus):
     data = corpus.read_bytes()
-    write_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data)}})
+    set_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data)}})
 
     result = run_stage("fetch", tmp_path)
 
@@ -513,10 +507,10 @@ def test_cli_writes_the_corpus_and_its_metrics(tmp_path, corpus):
     assert metrics == {"file": "the-verdict.txt", "bytes": len(data), "chars": len(TEXT), "sha256": sha256(data)}
 
 
-def test_cli_default_params_give_the_books_corpus_and_figures(tmp_path, shared):
-    write_params(tmp_path)
+def test_cli_default_params_give_the_books_corpus_and_figures(tmp_path):
+    set_params(tmp_path)
 
-    result = run_stage("fetch", tmp_path, env={"CORPUS_MIRROR": str(shared / "corpus")})
+    result = run_stage("fetch", tmp_path, env={"CORPUS_MIRROR": str(CORPUS_DIR)})
 
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics" / "fetch.json").read_text())
@@ -526,7 +520,7 @@ def test_cli_default_params_give_the_books_corpus_and_figures(tmp_path, shared):
 
 def test_cli_several_sources(tmp_path, corpus, folder):
     data = corpus.read_bytes()
-    write_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data), "sources": [{"path": str(folder)}]}})
+    set_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data), "sources": [{"path": str(folder)}]}})
 
     result = run_stage("fetch", tmp_path)
 
@@ -542,7 +536,7 @@ def test_cli_several_sources(tmp_path, corpus, folder):
 
 def test_cli_reads_corpus_mirror_from_the_environment(tmp_path, corpus):
     data = corpus.read_bytes()
-    write_params(tmp_path, {"fetch": {"url": UNREACHABLE_URL, "sha256": sha256(data).upper()}})
+    set_params(tmp_path, {"fetch": {"url": UNREACHABLE_URL, "sha256": sha256(data).upper()}})
 
     result = run_stage("fetch", tmp_path, env={"CORPUS_MIRROR": str(corpus.parent)})
 
@@ -552,13 +546,13 @@ def test_cli_reads_corpus_mirror_from_the_environment(tmp_path, corpus):
 
 def test_cli_bad_sha256_is_one_error_line_and_keeps_earlier_outputs(tmp_path, corpus):
     data = corpus.read_bytes()
-    write_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data)}})
+    set_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": sha256(data)}})
     assert run_stage("fetch", tmp_path).returncode == 0
     raw_before = snapshot(tmp_path / "data")
     metrics_before = snapshot(tmp_path / "metrics")
 
     wrong = "ab" * 32
-    write_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": wrong}})
+    set_params(tmp_path, {"fetch": {"url": str(corpus), "sha256": wrong}})
     result = run_stage("fetch", tmp_path)
 
     assert_one_line_error(result, wrong, sha256(data))
@@ -582,7 +576,7 @@ def test_cli_bad_sha256_is_one_error_line_and_keeps_earlier_outputs(tmp_path, co
     ],
 )
 def test_cli_bad_params_are_one_error_line(tmp_path, fetch_params, fragment):
-    write_params(tmp_path, {"fetch": fetch_params})
+    set_params(tmp_path, {"fetch": fetch_params})
 
     result = run_stage("fetch", tmp_path)
 

@@ -1,4 +1,4 @@
-"""stages/fetch.py against a real HTTP server on 127.0.0.1 that throws every fault a download meets.
+"""The fetch stage against a real HTTP server on 127.0.0.1 that throws every fault a download meets.
 
 Each fault ends either in success after a bounded number of retries, or in one error line, exit status 1, the
 previous data/raw byte for byte and no temporary folder. The server counts the requests it gets, so each test
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_stage, write_params
+from conftest import assert_one_line_error, run_stage, set_params, stage_command
 from test_fetch import (
     NON_ASCII_TEXT,
     expected_document,
@@ -29,8 +30,9 @@ from test_fetch import (
     snapshot,
 )
 
+from llmpipe import fetch as fetch_lib
+from llmpipe.cli import run
 from stages import fetch as fetch_stage
-from stages.common import run
 
 DATA = NON_ASCII_TEXT.encode("utf-8") * 3
 EARLIER = b"the corpus of an earlier run\n"
@@ -191,25 +193,27 @@ def server() -> Iterator[FaultServer]:
 def waits(monkeypatch) -> list[float]:
     """The backoff waits fetch asked for, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(fetch_stage, "sleep", recorded.append)
+    monkeypatch.setattr(fetch_lib, "sleep", recorded.append)
     return recorded
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
-    """A project folder holding data/raw and metrics/fetch.json from an earlier run; the current directory."""
+    """A project folder holding data/raw and metrics/fetch.json from an earlier run; the current directory, and the
+    command line the fetch stage's script gets from dvc.yaml."""
     (tmp_path / "data" / "raw").mkdir(parents=True)
     (tmp_path / "data" / "raw" / "the-verdict.txt").write_bytes(EARLIER)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "fetch.json").write_text('{"file": "the-verdict.txt"}\n')
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", stage_command("fetch")[1:])
     return tmp_path
 
 
 def run_fetch(project: Path, url: str, pin: str = sha256(DATA), **fetch_params) -> subprocess.CompletedProcess:
-    """Run the stage's main() in-process as `python -m stages.fetch` runs it, with fast limits unless given."""
+    """Run the stage's main() in-process as `python stages/fetch.py data/raw` runs it, with fast limits unless given."""
     limits = {"timeout_seconds": 2, "retries": 3, "max_bytes": 1 << 20}
-    write_params(project, {"fetch": {"url": url, "sha256": pin, **limits, **fetch_params}})
+    set_params(project, {"fetch": {"url": url, "sha256": pin, **limits, **fetch_params}})
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
@@ -217,7 +221,7 @@ def run_fetch(project: Path, url: str, pin: str = sha256(DATA), **fetch_params) 
             returncode = 0
         except SystemExit as exit:
             returncode = exit.code
-    return subprocess.CompletedProcess(["stages.fetch"], returncode, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_stored(project: Path, data: bytes = DATA) -> None:
@@ -282,7 +286,7 @@ def test_503_twice_then_200_is_retried_with_exponential_backoff(server, project,
     assert result.returncode == 0, result.stderr
     assert_stored(project)
     assert server.requests[FILE] == 3
-    assert waits == [fetch_stage.BACKOFF_SECONDS, 2 * fetch_stage.BACKOFF_SECONDS]
+    assert waits == [fetch_lib.BACKOFF_SECONDS, 2 * fetch_lib.BACKOFF_SECONDS]
     assert "HTTP 503 Service Unavailable); retry 1/3" in result.stdout
 
 
@@ -470,7 +474,7 @@ def test_one_failing_source_keeps_all_of_the_previous_output(server, project, wa
 
 def test_cli_retries_a_503_then_succeeds(server, tmp_path):
     url = server.serve(FILE, status(503), ok())
-    write_params(tmp_path, {"fetch": {"url": url, "sha256": sha256(DATA), "retries": 1}})
+    set_params(tmp_path, {"fetch": {"url": url, "sha256": sha256(DATA), "retries": 1}})
 
     result = run_stage("fetch", tmp_path)
 
@@ -482,7 +486,7 @@ def test_cli_retries_a_503_then_succeeds(server, tmp_path):
 
 def test_cli_404_is_one_error_line_and_exit_1(server, tmp_path):
     url = server.serve(FILE, status(404))
-    write_params(tmp_path, {"fetch": {"url": url, "sha256": sha256(DATA)}})
+    set_params(tmp_path, {"fetch": {"url": url, "sha256": sha256(DATA)}})
 
     result = run_stage("fetch", tmp_path)
 

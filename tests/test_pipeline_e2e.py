@@ -1,7 +1,8 @@
 """End to end: the real `dvc repro` in a temporary git repo holding a copy of the project.
 
-Uses the real corpus and tiktoken's GPT-2 cache from ../shared (skipped where it is absent).
-The tests share one repo and run in file order; each one that changes params puts them back.
+Uses the book's corpus and tiktoken's GPT-2 cache committed under tests/data, so it needs no network.
+The tests share one repo, reproduced once; a test that changes it does so through the `changed` fixture,
+whose teardown puts its params, lock, metrics and outputs back as they were, so the tests pass in any order.
 """
 
 from __future__ import annotations
@@ -9,13 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VERDICT, VERDICT_SHA256
-from dvc_project import dvc, project_repo, reproduced, set_params, sh
+from conftest import VERDICT, VERDICT_SHA256, set_params, snapshot
+from dvc_project import dvc, project_repo, put_back, reproduced, sh
 from safetensors.numpy import load_file
+
+from llmpipe.formats import load_tokens
+
+pytestmark = pytest.mark.e2e
 
 STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep", "stats"}
 
@@ -24,24 +30,37 @@ def metrics(repo: Path, stage: str) -> dict:
     return json.loads((repo / "metrics" / f"{stage}.json").read_text())
 
 
-def restore(repo: Path) -> None:
-    """Back to the committed params, lock, metrics and outputs."""
-    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics")
-    dvc(repo, "checkout", "--force")
-    assert "up to date" in dvc(repo, "status").stdout
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def first_repro(tmp_path_factory) -> tuple[Path, str]:
+    """The project in a fresh git repo, and the output of its first `dvc repro`."""
     repo = project_repo(tmp_path_factory.mktemp("project"))
-    repo.joinpath("first-repro.log").write_text(dvc(repo, "repro").stdout)
-    return repo
+    return repo, dvc(repo, "repro").stdout
 
 
-def test_fresh_clone_repro_runs_every_stage_with_cached_outputs(repo):
+@pytest.fixture
+def repo(first_repro) -> Path:
+    """The reproduced repo, as committed: for tests that only read it."""
+    return first_repro[0]
+
+
+@pytest.fixture
+def changed(repo) -> Iterator[Path]:
+    """The reproduced repo, for a test that changes params and reruns stages; put back as it was afterwards."""
+    with put_back(repo):
+        yield repo
+
+
+@pytest.fixture
+def experiment(changed) -> Iterator[str]:
+    """The name of an experiment the test runs in the repo; removed afterwards."""
+    yield "stride-2"
+    dvc(changed, "exp", "remove", "stride-2", check=False)  # absent when the test failed before running it
+
+
+def test_fresh_clone_repro_runs_every_stage_with_cached_outputs(first_repro):
     # sweep's and stats' outputs are small files committed to git, and their input tokens come out
     # byte-identical, so DVC rightly finds them up to date.
-    assert reproduced((repo / "first-repro.log").read_text()) == STAGES - {"sweep", "stats"}
+    assert reproduced(first_repro[1]) == STAGES - {"sweep", "stats"}
 
 
 def test_repro_reproduces_the_books_figures(repo):
@@ -53,8 +72,9 @@ def test_repro_reproduces_the_books_figures(repo):
     assert (tokenize["num_tokens"], tokenize["vocab_size"]) == (5145, 50257)
     first = [40, 367, 2885, 1464, 1807, 3619, 402, 271, 10899, 2138, 257, 7026, 15632, 438, 2016, 257, 922, 5891, 1576]
     assert json.loads(tokenize["first_tokens"]) == [*first, 438]
-    tokens = np.load(repo / "data/tokens/tokens.npy", allow_pickle=False)
-    assert tokens.dtype == np.uint16 and tokens.shape == (5145,)
+    tokens, _ = load_tokens(repo / "data/tokens", verify=True)
+    assert tokens.dtype == np.uint16 and len(tokens) == 5145
+    assert tokens[: len(first)].tolist() == first
 
     window = metrics(repo, "window")
     assert window["num_windows"] == 5141
@@ -108,37 +128,33 @@ def test_noop_repro_runs_nothing(repo):
     assert reproduced(dvc(repo, "repro").stdout) == set()
 
 
-def test_changing_embed_dim_reruns_only_embed(repo):
-    set_params(repo, "embed", dim=64)
-    assert reproduced(dvc(repo, "repro").stdout) == {"embed"}
-    assert json.loads(metrics(repo, "embed")["input_embedding_shape"]) == [8, 4, 64]
-    restore(repo)
+def test_changing_embed_dim_reruns_only_embed(changed):
+    set_params(changed, {"embed": {"dim": 64}})
+    assert reproduced(dvc(changed, "repro").stdout) == {"embed"}
+    assert json.loads(metrics(changed, "embed")["input_embedding_shape"]) == [8, 4, 64]
 
 
-def test_changing_stride_reruns_window_dataset_embed_only(repo):
-    tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
-    set_params(repo, "window", stride=2)
-    assert reproduced(dvc(repo, "repro").stdout) == {"window", "dataset", "embed"}
-    assert metrics(repo, "window")["num_windows"] == 2571
-    assert (repo / "data/tokens/tokens.npy").read_bytes() == tokens_before
-    restore(repo)
+def test_changing_stride_reruns_window_dataset_embed_only(changed):
+    tokens_before = snapshot(changed, "data/tokens")
+    set_params(changed, {"window": {"stride": 2}})
+    assert reproduced(dvc(changed, "repro").stdout) == {"window", "dataset", "embed"}
+    assert metrics(changed, "window")["num_windows"] == 2571
+    assert snapshot(changed, "data/tokens") == tokens_before
 
 
-def test_bad_param_fails_in_one_line_and_keeps_upstream_outputs(repo):
-    tokens_before = (repo / "data/tokens/tokens.npy").read_bytes()
-    set_params(repo, "window", stride=0)
-    result = dvc(repo, "repro", check=False)
+def test_bad_param_fails_in_one_line_and_keeps_upstream_outputs(changed):
+    tokens_before = snapshot(changed, "data/tokens")
+    set_params(changed, {"window": {"stride": 0}})
+    result = dvc(changed, "repro", check=False)
     assert result.returncode != 0
     assert "error: window.stride must be a positive integer, got 0" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert (repo / "data/tokens/tokens.npy").read_bytes() == tokens_before
-    restore(repo)
+    assert snapshot(changed, "data/tokens") == tokens_before
 
 
-def test_experiment_with_stride_2_records_2571_windows(repo):
-    dvc(repo, "exp", "run", "-n", "stride-2", "-S", "window.stride=2")
-    table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv").stdout)))
-    (experiment,) = [row for row in table if row["Experiment"] == "stride-2"]
-    assert experiment["window.stride"] == "2"
-    assert experiment["metrics/window.json:num_windows"] == "2571"
-    restore(repo)
+def test_experiment_with_stride_2_records_2571_windows(changed, experiment):
+    dvc(changed, "exp", "run", "-n", experiment, "-S", "window.stride=2")
+    table = list(csv.DictReader(io.StringIO(dvc(changed, "exp", "show", "--csv").stdout)))
+    (row,) = [row for row in table if row["Experiment"] == experiment]
+    assert row["window.stride"] == "2"
+    assert row["metrics/window.json:num_windows"] == "2571"

@@ -1,8 +1,10 @@
 """Team use, end to end: the shared DVC remote (a local folder, then S3), an experiment grid, plots in a browser.
 
-One project repo (clone A, with a bare git repo as the team's origin) serves the whole module; the tests run
-in file order and build on each other as a team would: push, pull in a fresh clone, queue a grid, compare,
-plot, and finally move the remote to S3. Uses the real corpus from ../shared (skipped where it is absent).
+One project repo (clone A, with a bare git repo as the team's origin) serves the whole module, reproduced once
+from the corpus committed under tests/data; the experiment grid is queued and run once too. Each test does one
+thing a team does (push and pull in a fresh clone, compare and apply an experiment, plot, move the remote to
+S3), and what it changes in A or the origin is put back in its fixtures' teardown, so the tests pass in any
+order, and each one alone.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from dvc_project import clone, dvc, project_repo, reproduced, sh
+from conftest import ROOT, snapshot
+from dvc_project import clone, dvc, project_repo, put_back, reproduced, sh
 
-from stages.sweep import closed_form
+from llmpipe.windows import num_windows
+
+pytestmark = pytest.mark.e2e
 
 GRID = {(max_length, stride) for max_length in (4, 8) for stride in (1, 2, 4)}
 PLOTS = {"sweep": "metrics_sweep_csv", "token_freq": "metrics_token_freq_csv", "zipf": "metrics_zipf_csv"}
@@ -66,8 +71,8 @@ def test_default_remote_round_trip_with_the_run_cache(team):
 
     assert "Data and pipelines are up to date." in dvc(b, "status").stdout
     assert reproduced(dvc(b, "repro").stdout) == set()
-    for path in ("data/dataset/dataset.json", "data/embeddings/embeddings.safetensors", "data/tokens/tokens.npy"):
-        assert (b / path).read_bytes() == (a / path).read_bytes(), path
+    for folder in ("data/tokens", "data/dataset", "data/embeddings"):
+        assert snapshot(b, folder) == snapshot(a, folder), folder
     assert run_cache(b) == run_cache(a) != set()
 
 
@@ -106,14 +111,21 @@ def test_queued_grid_records_the_closed_form_window_counts(team, grid):
     assert len(experiments) == 6 and set(grid) == GRID
     for row in experiments:
         max_length, stride = int(row["window.max_length"]), int(row["window.stride"])
-        expected = closed_form(num_tokens, max_length, stride)
+        expected = num_windows(num_tokens, max_length, stride)
         assert int(row["metrics/window.json:num_windows"]) == expected, row["Experiment"]
         assert int(row["metrics/dataset.json:num_windows"]) == expected, row["Experiment"]
     assert int(next(r for r in experiments if r["Experiment"] == grid[4, 2])["metrics/window.json:num_windows"]) == 2571
 
 
-def test_compare_and_apply_an_experiment(team, grid):
-    a = team / "a"
+@pytest.fixture
+def applied(team) -> Iterator[Path]:
+    """A, for a test that applies an experiment to its workspace; put back as it was afterwards."""
+    with put_back(team / "a") as a:
+        yield a
+
+
+def test_compare_and_apply_an_experiment(grid, applied):
+    a = applied
     params = json.loads(dvc(a, "params", "diff", grid[4, 1], grid[8, 4], "--json").stdout)
     metrics = json.loads(dvc(a, "metrics", "diff", grid[4, 1], grid[8, 4], "--json").stdout)
 
@@ -124,8 +136,6 @@ def test_compare_and_apply_an_experiment(team, grid):
     dvc(a, "exp", "apply", grid[8, 4])
     assert json.loads((a / "metrics/window.json").read_text())["num_windows"] == 1285
     assert "Data and pipelines are up to date." in dvc(a, "status").stdout
-    sh(a, "git", "checkout", "--", ".")
-    dvc(a, "checkout", "--force")
 
 
 MARKS = re.compile(r'<g class="mark-(\w+) role-mark[^"]*"[^>]*>(.*?)</g>', re.S)
@@ -162,16 +172,19 @@ def numbers(labels: list[str], field: str) -> list[int]:
     return [int(re.search(rf"\b{field}: ([\d,]+)", label).group(1).replace(",", "")) for label in labels]
 
 
-@pytest.fixture(scope="module")
-def vega(team) -> Path:
-    """The npm bundles of `make vega`, linked into A beside dvc_plots/ where the page looks for them."""
+@pytest.fixture
+def vega(team) -> Iterator[Path]:
+    """The npm bundles of `make vega`, linked into A beside dvc_plots/ where the page looks for them; unlinked
+    afterwards."""
     if not (ROOT / ".vega" / ".installed").is_file():
         subprocess.run(["make", "-s", "vega"], cwd=ROOT, check=True, timeout=600)
     link = team / "a" / ".vega"
     link.symlink_to(ROOT / ".vega")
-    return link
+    yield link
+    link.unlink(missing_ok=True)
 
 
+@pytest.mark.browser
 def test_plots_show_draws_every_chart_with_no_network(team, vega, tmp_path):
     a = team / "a"
     dvc(a, "plots", "show")
@@ -197,12 +210,10 @@ def test_plots_show_draws_every_chart_with_no_network(team, vega, tmp_path):
     # The control: without the local bundles the same page draws nothing, so the browser had no CDN to fall
     # back on, and what it drew above came from .vega/.
     vega.unlink()
-    try:
-        assert all(marks == {} for marks in drawn(page, tmp_path / "profile").values())
-    finally:
-        vega.symlink_to(ROOT / ".vega")
+    assert all(marks == {} for marks in drawn(page, tmp_path / "profile").values())
 
 
+@pytest.mark.browser
 def test_plots_diff_between_two_experiments_draws_both(team, grid, vega, tmp_path):
     a = team / "a"
     dvc(a, "plots", "diff", grid[4, 1], grid[8, 4])
@@ -255,9 +266,20 @@ def s3_server(monkeypatch, tmp_path):
         log.close()
 
 
-def test_s3_remote_round_trip(team, s3_server):
-    endpoint, s3 = s3_server
+@pytest.fixture
+def moving(team) -> Iterator[Path]:
+    """A, for a test that moves the team's DVC remote and pushes that to the origin: afterwards A and the origin
+    are back at the commit before, with the default remote."""
     a = team / "a"
+    before = sh(a, "git", "rev-parse", "HEAD").stdout.strip()
+    yield a
+    sh(a, "git", "reset", "-q", "--hard", before)
+    sh(a, "git", "push", "-qf", "origin", f"{before}:main")
+
+
+def test_s3_remote_round_trip(moving, team, s3_server):
+    endpoint, s3 = s3_server
+    a = moving
     venv = Path(sys.executable).parent.parent
     # The README's one command that moves the team to S3, then the same push and pull as with the folder.
     sh(a, "make", "-s", "remote-s3", f"VENV={venv}", "S3_URL=s3://team-cache/ch2", f"S3_ENDPOINT={endpoint}")

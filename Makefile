@@ -63,7 +63,8 @@ vega: .vega/.installed
 
 # Make S3 (or an S3-compatible server) the default DVC remote; commit .dvc/config so the team shares it:
 #   make remote-s3 S3_URL=s3://bucket/ch2 [S3_ENDPOINT=http://minio.example:9000]
-remote-s3:
+remote-s3: setup
 	$(if $(S3_URL),,$(error S3_URL is not set: make remote-s3 S3_URL=s3://bucket/path))
+	$(PIP) dvc-s3
 	$(BIN)/dvc remote add --force --default s3 $(S3_URL)
 	$(if $(S3_ENDPOINT),$(BIN)/dvc remote modify s3 endpointurl $(S3_ENDPOINT))

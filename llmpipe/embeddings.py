@@ -58,10 +58,13 @@ def check_size(vocab_size: int, context_length: int, dim: int, batch_size: int, 
 
 
 def check_ids(ids: torch.Tensor, vocab_size: int, where: str) -> None:
-    """An id outside [0, vocab_size) means an edited dataset: say so rather than fail in the lookup.
+    """An id outside [0, vocab_size), at either end, means an edited dataset: say so rather than fail in the
+    lookup with an IndexError. Pass every id the embedding will look up; none (an empty tensor) passes.
 
     Raises PipelineError naming `where` (the dataset folder).
     """
+    if ids.numel() == 0:
+        return
     smallest, largest = int(ids.min()), int(ids.max())
     if smallest < 0 or largest >= vocab_size:
         bad = smallest if smallest < 0 else largest

@@ -6,10 +6,14 @@ files. A file is stored as data/raw/<its name>, a folder as data/raw/<its name>/
 read from $CORPUS_MIRROR first when the mirror holds it (a folder holding the file under its name, or for
 `fetch.url` the file itself); the pin proves it is the same, so dvc.lock is the same online and offline.
 
-Downloads wait at most `fetch.timeout_seconds` for each connect or read, stop any file over `fetch.max_bytes`, and
-try again, up to `fetch.retries` times with exponential backoff, after a failure that may pass on its own: HTTP 5xx,
-408 or 429, a timeout, a dropped connection, a body cut short of its Content-Length. Anything else (HTTP 4xx, a
-redirect loop, a wrong sha256, the size cap) fails at once.
+Downloads wait at most `fetch.timeout_seconds` for each connect or read, stop any file over `fetch.max_bytes` or
+still arriving after `fetch.deadline_seconds`, and try again, up to `fetch.retries` times with exponential backoff
+(each wait at most MAX_BACKOFF_SECONDS, all of a file's at most MAX_BACKOFF_TOTAL_SECONDS), after a failure that may
+pass on its own: HTTP 5xx, 408 or 429, a timeout, a dropped connection, a body cut short of its Content-Length.
+Anything else (HTTP 4xx, a redirect loop, a wrong sha256, the size cap, the deadline) fails at once.
+
+Only regular files are read: a FIFO, device or socket is refused (a read could block forever, or never end), and
+so is a link in a folder source to a file outside that folder, unless `fetch.allow_outside_symlinks` is true.
 """
 
 from __future__ import annotations
@@ -18,23 +22,27 @@ import codecs
 import hashlib
 import http.client
 import os
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain
 from pathlib import Path
-from time import sleep
+from time import monotonic, sleep
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import unquote, urlparse
 
 from llmpipe.errors import PipelineError, one_line, shown
-from llmpipe.files import output_dir
-from llmpipe.params import FileSource, FolderSource, Source, url_scheme
+from llmpipe.files import NO_SPACE, output_dir
+from llmpipe.params import FileSource, FolderSource, Source, is_utf8, url_scheme
 
 MIRROR_ENV = "CORPUS_MIRROR"
 CHUNK_BYTES = 1 << 20
 BACKOFF_SECONDS = 1.0  # the wait before the first retry; each later one waits twice as long as the one before
+MAX_BACKOFF_SECONDS = 30.0  # ... up to this
+MAX_BACKOFF_TOTAL_SECONDS = 300.0  # all the waits for one file: past it, the last failure is the one reported
+DEADLINE_SECONDS = 3600.0  # fetch.deadline_seconds where Limits is built without it
 RETRIED_HTTP_STATUS = (408, 429)  # besides every 5xx: the server may answer in a moment
 # Failures that move on to the next place to read from; anything else is a bug, or a PipelineError already.
 READ_ERRORS = (OSError, http.client.HTTPException, http.client.InvalidURL)
@@ -42,11 +50,13 @@ READ_ERRORS = (OSError, http.client.HTTPException, http.client.InvalidURL)
 
 @dataclass(frozen=True)
 class Limits:
-    """What a download may take: each wait for the network, the size of each file, the retries per file."""
+    """What a download may take: each wait for the network, the size of each file, the retries per file, and
+    the time for one file, all its tries and waits included."""
 
     timeout_seconds: float
     max_bytes: int
     retries: int
+    deadline_seconds: float = DEADLINE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ def stored_name(source: Source) -> str:
         raise PipelineError(
             f"{key} {shown(value)} ends in a hidden name, {shown(name)}, which tokenize skips: rename it"
         )
+    if "\0" in name:
+        raise PipelineError(f"{key} {shown(value)} names a file with a NUL character (%00), {shown(name)}: rename it")
     return name
 
 
@@ -134,20 +146,66 @@ def open_location(location: str | Path, timeout_seconds: float) -> tuple[BinaryI
             length = response.headers.get("Content-Length")
             return response, int(length) if length and length.isdigit() else None
         location = Path(unquote(urlparse(location).path) if scheme == "file" else location)
-    return open(location, "rb"), location.stat().st_size
+        if "\0" in str(location):
+            raise PipelineError(f"{shown(str(location))} holds a NUL character (%00), which no path can: fix the URL")
+    return open_regular(location)
 
 
-def checked_chunks(reader: BinaryIO, size: int | None, max_bytes: int, location: str | Path) -> Iterator[bytes]:
-    """The bytes of `reader` chunk by chunk, stopped as soon as they pass max_bytes (or the announced size does)."""
+def special_kind(mode: int) -> str | None:
+    """What a file of this st_mode is when it is not a regular file: "a FIFO", "a socket", ... (None if regular)."""
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+    kinds |= {stat.S_ISBLK: "a block device", stat.S_ISDIR: "a folder"}
+    return None if stat.S_ISREG(mode) else next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+
+
+def refuse_special(path: Path, mode: int) -> None:
+    """Raise PipelineError when `mode` (path's) is not a regular file's: reading a FIFO waits for a writer that may
+    never come, a device like /dev/zero never ends."""
+    kind = special_kind(mode)
+    if kind:
+        raise PipelineError(
+            f"{path} is {kind}, not a regular file, which is all fetch reads: remove it from the sources"
+        )
+
+
+def open_regular(path: Path) -> tuple[BinaryIO, int]:
+    """Open a local regular file; return it and its size. Raises PipelineError for anything else, OSError if the
+    file cannot be opened."""
+    refuse_special(path, os.stat(path).st_mode)
+    # Non-blocking, so that a FIFO swapped in since the stat cannot block the open; fstat then checks the file opened.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        refuse_special(path, info.st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def checked_chunks(
+    reader: BinaryIO, size: int | None, limits: Limits, location: str | Path, deadline: float
+) -> Iterator[bytes]:
+    """The bytes of `reader` chunk by chunk, stopped as soon as they pass limits.max_bytes (or the announced size
+    does), or when time.monotonic() passes `deadline` (checked after each read, each bounded by the timeout)."""
+    max_bytes = limits.max_bytes
     too_large = f"{location} is larger than fetch.max_bytes ({max_bytes} bytes): raise it if this is the file you want"
     if size is not None and size > max_bytes:
         raise PipelineError(too_large)
     total = 0
+    # read1: whatever one read of the socket brings, so a trickle (a byte a second) cannot hold a read for hours.
     # Never ask for more than one byte past the cap: a stream without Content-Length stops right there.
-    while chunk := reader.read(min(CHUNK_BYTES, max_bytes + 1 - total)):
+    while chunk := reader.read1(min(CHUNK_BYTES, max_bytes + 1 - total)):
         total += len(chunk)
         if total > max_bytes:
             raise PipelineError(too_large)
+        if monotonic() > deadline:
+            raise PipelineError(
+                f"{location} was still arriving after fetch.deadline_seconds ({limits.deadline_seconds:g} s), "
+                f"{total} bytes received{f' of {size}' if size is not None else ''}: raise fetch.deadline_seconds "
+                "if the source is only slow, or fetch the file from elsewhere"
+            )
         yield chunk
     if size is not None and total < size:
         # http.client ends a body early without an error when the server closes the connection.
@@ -188,10 +246,14 @@ def copy_and_hash(chunks: Iterable[bytes], dest: Path, size: int | None) -> Copi
     return Copied(num_bytes, num_chars, digest.hexdigest(), utf8_error)
 
 
-def download(location: str | Path, dest: Path, limits: Limits) -> Copied:
-    reader, size = open_location(location, limits.timeout_seconds)
+def download(location: str | Path, dest: Path, limits: Limits, deadline: float | None = None) -> Copied:
+    """Copy `location` to `dest` within the limits; `deadline` is a time.monotonic() instant (default: one
+    limits.deadline_seconds from now)."""
+    deadline = monotonic() + limits.deadline_seconds if deadline is None else deadline
+    # The connect and the first wait end by the deadline too.
+    reader, size = open_location(location, max(0.001, min(limits.timeout_seconds, deadline - monotonic())))
     with reader:
-        return copy_and_hash(checked_chunks(reader, size, limits.max_bytes, location), dest, size)
+        return copy_and_hash(checked_chunks(reader, size, limits, location, deadline), dest, size)
 
 
 def is_transient(error: Exception) -> bool:
@@ -216,29 +278,53 @@ def describe(error: Exception) -> str:
     return one_line(str(reason)) or type(error).__name__
 
 
-def download_with_retries(location: str, dest: Path, limits: Limits) -> Copied:
-    """download(), tried again after a transient failure, up to limits.retries times with exponential backoff."""
-    for attempt in range(limits.retries):
+class ReadFailed(Exception):
+    """The last failure of a read and how many tries it took."""
+
+    def __init__(self, error: Exception, tries: int):
+        super().__init__(error)
+        self.error, self.tries = error, tries
+
+
+def backoff(attempt: int) -> float:
+    """The wait before retry `attempt` + 1: BACKOFF_SECONDS, doubling each time, at most MAX_BACKOFF_SECONDS."""
+    return min(BACKOFF_SECONDS * 2 ** min(attempt, 32), MAX_BACKOFF_SECONDS)
+
+
+def download_with_retries(location: str, dest: Path, limits: Limits, deadline: float) -> Copied:
+    """download(), tried again after a transient failure, up to limits.retries times with exponential backoff,
+    while the waits stay within MAX_BACKOFF_TOTAL_SECONDS and the next try would start before `deadline`.
+
+    Raises ReadFailed holding the last failure (one of READ_ERRORS) and the number of tries.
+    """
+    waited = 0.0
+    attempt = 0
+    while True:
         try:
-            return download(location, dest, limits)
+            return download(location, dest, limits, deadline)
         except READ_ERRORS as error:
-            if not is_transient(error):
-                raise
-            wait = BACKOFF_SECONDS * 2**attempt
+            if isinstance(error, OSError) and error.errno in NO_SPACE:
+                raise  # writing the copy failed, not reading the source
+            wait = backoff(attempt)
+            retry = attempt < limits.retries and is_transient(error)
+            if not retry or waited + wait > MAX_BACKOFF_TOTAL_SECONDS or monotonic() + wait >= deadline:
+                raise ReadFailed(error, attempt + 1) from error
             print(f"fetch: {location} failed ({describe(error)}); retry {attempt + 1}/{limits.retries} in {wait:g} s")
             sleep(wait)
-    return download(location, dest, limits)  # the last try: its failure is the one reported
+            waited += wait
+            attempt += 1
 
 
 def read_first(source: FileSource, locations: list[str], dest: Path, limits: Limits) -> tuple[str, Copied]:
     """Copy the first of `locations` that can be read into `dest`; say which one it was."""
     failures = []
+    deadline = monotonic() + limits.deadline_seconds  # for the file, wherever it comes from
     for location in locations:
         try:
-            return location, download_with_retries(location, dest, limits)
-        except READ_ERRORS as error:
-            tries = f", {limits.retries + 1} tries" if limits.retries and is_transient(error) else ""
-            failures.append(f"{location} ({describe(error)}{tries})")
+            return location, download_with_retries(location, dest, limits, deadline)
+        except ReadFailed as failed:
+            tries = f", {failed.tries} tries" if failed.tries > 1 else ""
+            failures.append(f"{location} ({describe(failed.error)}{tries})")
     # Only a pinned file may come from the mirror.
     mirror = f", or set {MIRROR_ENV} to a folder holding {dest.name} (docs/fetch.md)" if source.sha256 else ""
     raise PipelineError(
@@ -267,34 +353,61 @@ def fetch_file(source: FileSource, locations: list[str], root: Path, name: str, 
     return document
 
 
-def folder_files(folder: Path) -> list[Path]:
-    """The .txt files under `folder`, relative to it, in path order; hidden names are skipped, as tokenize does."""
+def folder_files(folder: Path, allow_outside_symlinks: bool = False) -> list[Path]:
+    """The .txt files under `folder`, relative to it, in path order; hidden names are skipped, as tokenize does.
+
+    Raises PipelineError for a .txt name that is not a regular file (a FIFO, socket or device), is not UTF-8, or
+    is a link to a file outside `folder` (unless allow_outside_symlinks): copied into data/raw, such a file would
+    go on to DVC's cache and the team's remote. A link to a folder is not followed.
+    """
 
     def fail(error: OSError) -> None:
         raise error
 
+    inside = Path(os.path.realpath(folder))
     found = []
     for parent, dirs, files in os.walk(folder, onerror=fail):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
-        found += [Path(parent, name).relative_to(folder) for name in files if name.endswith(".txt") and name[0] != "."]
+        for name in files:
+            if not name.endswith(".txt") or name[0] == ".":
+                continue
+            path = Path(parent, name)
+            if not is_utf8(name):
+                raise PipelineError(f"{shown(str(path))} has a name that is not UTF-8: rename it")
+            target = Path(os.path.realpath(path))  # unlike Path.resolve, no RuntimeError on a loop of links
+            if path.is_symlink() and not allow_outside_symlinks and not target.is_relative_to(inside):
+                raise PipelineError(
+                    f"{path} links to {target}, outside {folder}, so fetch would copy it into data/raw, "
+                    "DVC's cache and remote: remove the link, or set fetch.allow_outside_symlinks: true"
+                )
+            refuse_special(path, path.stat().st_mode)
+            found.append(path.relative_to(folder))
     return sorted(found, key=Path.as_posix)
 
 
-def copy_folder(source: FolderSource, root: Path, name: str, limits: Limits) -> list[Document]:
-    """Copy the folder's .txt files to root/<name>/, each one document."""
+def copy_folder(
+    source: FolderSource, root: Path, name: str, limits: Limits, allow_outside_symlinks: bool = False
+) -> list[Document]:
+    """Copy the folder's .txt files to root/<name>/, each one document (see folder_files for what is refused)."""
     folder = Path(source.path)
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError:  # a name too long for the filesystem, say
+        is_folder = False
+    if not is_folder:
         raise PipelineError(
             f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of .txt files"
         )
     documents = []
     try:
-        for relative in folder_files(folder):
+        for relative in folder_files(folder, allow_outside_symlinks):
             stored = Path(name, relative)
             (root / stored).parent.mkdir(parents=True, exist_ok=True)
             copied = download(folder / relative, root / stored, limits)
             documents.append(checked_document(stored.as_posix(), folder / relative, copied, None, source.key))
     except OSError as error:
+        if error.errno in NO_SPACE:
+            raise  # writing the copy failed, not reading the folder
         raise PipelineError(f"could not read {source.path} ({describe(error)}): check {source.key}.path") from None
     if not documents:
         raise PipelineError(f"{source.key}.path {shown(source.path)} holds no .txt file: add some, or remove the entry")
@@ -302,7 +415,14 @@ def copy_folder(source: FolderSource, root: Path, name: str, limits: Limits) -> 
     return documents
 
 
-def fetch(sources: list[Source], out_dir: Path, limits: Limits, mirror: str | None = None) -> list[Document]:
+def fetch(
+    sources: list[Source],
+    out_dir: Path,
+    limits: Limits,
+    mirror: str | None = None,
+    *,
+    allow_outside_symlinks: bool = False,
+) -> list[Document]:
     """Store every source under out_dir, each document checked, and return them in path order.
 
     On any error out_dir is left as it was."""
@@ -311,7 +431,7 @@ def fetch(sources: list[Source], out_dir: Path, limits: Limits, mirror: str | No
     with output_dir(out_dir) as tmp:
         for source, name in zip(sources, names, strict=True):
             if isinstance(source, FolderSource):
-                documents += copy_folder(source, tmp, name, limits)
+                documents += copy_folder(source, tmp, name, limits, allow_outside_symlinks)
             else:
                 documents.append(fetch_file(source, candidates(source, name, mirror), tmp, name, limits))
     return sorted(documents, key=lambda document: document.file)

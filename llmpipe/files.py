@@ -6,8 +6,10 @@ half-written file or folder, and an error or a kill leaves the previous output a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,14 +18,54 @@ from typing import Any
 
 from llmpipe.errors import PipelineError, one_line
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full filesystem, or the user's quota on it
+# A temporary sibling: `.<name>.tmp-<pid>` (being built) or `.<name>.old-<pid>` (being replaced).
+LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-(\d+)")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
 
 def clear_leftovers(path: Path) -> None:
     """Remove the temporary siblings (`.<name>.tmp-*`, `.<name>.old-*`) that a killed run left beside `path`."""
     for leftover in path.parent.glob(f".{path.name}.*-*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        _remove(leftover)
+
+
+def is_running(pid: int) -> bool:
+    """Whether a process with this id exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clear_dead_leftovers(folder: Path) -> None:
+    """Remove every temporary sibling in `folder` (of any output) whose process has ended.
+
+    A killed run leaves them; a stage that DVC restores from its run-cache does not run, so cannot clear its
+    own. Those of a process still running (another stage, a run by hand) are left alone.
+    """
+    for entry in Path(folder).glob(".*.*-*"):
+        match = LEFTOVER.fullmatch(entry.name)
+        if match and not is_running(int(match[1])):
+            _remove(entry)
+
+
+def _named(error: BaseException, tmp: Path, path: Path) -> None:
+    """Make a full-filesystem error about `tmp` (or about no file: a write() names none) name `path`, the output
+    the user knows, for the message llmpipe.cli prints."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        name = error.filename
+        if name is None or (isinstance(name, str) and Path(name).is_relative_to(tmp)):
+            error.filename = str(path)
 
 
 @contextmanager
@@ -39,8 +81,9 @@ def output_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        _named(error, tmp, path)
         raise
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -59,6 +102,9 @@ def write_file_atomic(path: str | Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as error:
+        _named(error, tmp, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

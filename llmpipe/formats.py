@@ -245,14 +245,17 @@ SPLITS = ("train", "val")
 DATASET_FIELDS = {
     "splits": dict,
     "dtype": str,
+    "encoding": str,
     "vocab_size": int,
     "max_length": int,
     "stride": int,
     "batch_size": int,
     "shuffle": bool,
     "seed": int,
+    "val_fraction": (float, int),
 }
 SPLIT_FIELDS = {"file": str, "num_tokens": int, "num_windows": int, "sha256": str}
+INT64_MAX = int(np.iinfo(np.int64).max)  # numpy and torch take every count, length and seed as a 64-bit integer
 
 
 def write_split(chunks: Iterable[np.ndarray], path: Path) -> str:
@@ -284,17 +287,48 @@ def write_dataset(dataset_dir: Path, tokens: TokenArray, splits: dict[str, dict]
 
 
 def read_dataset_config(dataset_dir: Path, *, missing: str) -> dict[str, Any]:
-    """dataset.json from `dataset_dir`, its format and fields checked.
+    """dataset.json from `dataset_dir`, its format and every field checked.
 
-    `missing` is the fix the message gives when the file is absent. Raises PipelineError.
+    Each field must hold what the dataset stage writes: a positive vocab_size, max_length, stride and batch_size, a
+    non-negative seed (all 64-bit), a val_fraction in [0, 1), the dtype of the vocabulary (token_dtype: an edit to
+    another dtype of the same size would read other ids), and per split its file (<split>.bin), non-negative
+    counts and a sha256. `missing` is the fix the message gives when the file is absent. Raises PipelineError.
     """
     path = Path(dataset_dir) / DATASET_FILE
+    fix = "run `dvc checkout` to restore it, or `dvc repro -f dataset`"
     config = read_json(path, missing=missing)
     if not isinstance(config, dict) or config.get("format") != DATASET_FORMAT:
-        raise PipelineError(
-            f"{path} is not in format {DATASET_FORMAT}: run `dvc checkout` to restore it, or `dvc repro -f dataset`"
-        )
-    return require_fields(config, DATASET_FIELDS, path)
+        raise PipelineError(f"{path} is not in format {DATASET_FORMAT}: {fix}")
+    require_fields(config, DATASET_FIELDS, path, fix=fix)
+    lowest = {key: 1 for key in ("vocab_size", "max_length", "stride", "batch_size")} | {"seed": 0}
+    problems = [
+        f"{key} {shown(config[key])} is not in [{low}, {INT64_MAX}]"
+        for key, low in lowest.items()
+        if not low <= config[key] <= INT64_MAX
+    ]
+    if not 0 <= config["val_fraction"] < 1:
+        problems.append(f"val_fraction {shown(config['val_fraction'])} is not in [0, 1)")
+    if not problems and config["dtype"] != token_dtype(config["vocab_size"]).name:
+        expected = token_dtype(config["vocab_size"]).name
+        problems.append(f"dtype {shown(config['dtype'])} is not {expected}, the dtype of its vocabulary")
+    for split in SPLITS:
+        where = f"{path} ({split})"
+        recorded = require_fields(config["splits"].get(split), SPLIT_FIELDS, where, fix=fix)
+        if recorded["file"] != f"{split}.bin":
+            problems.append(f"the {split} file is {shown(recorded['file'])}, not {split}.bin")
+        for key in ("num_tokens", "num_windows"):
+            if not 0 <= recorded[key] <= INT64_MAX:
+                problems.append(f"the {split} {key} {shown(recorded[key])} is not in [0, {INT64_MAX}]")
+        if not is_sha256(recorded["sha256"]):
+            problems.append(f"the {split} sha256 {shown(recorded['sha256'])} is not 64 hex digits")
+    if problems:
+        raise PipelineError(f"{path} is corrupt ({problems[0]}): {fix}")
+    return config
+
+
+def is_sha256(value: str) -> bool:
+    """Whether `value` is a sha256 as hexdigest() writes it."""
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def split_path(dataset_dir: Path, config: dict[str, Any], split: str) -> tuple[Path, dict[str, Any]]:

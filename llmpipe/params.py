@@ -21,6 +21,9 @@ PARAMS_FILE = Path("params.yaml")
 # Every integer param ends up in numpy or torch, whose integers are 64-bit.
 INT64_MAX = (1 << 63) - 1
 SCHEMES = ("http", "https", "file")
+# Far above any real params.yaml. DVC expands every YAML alias (&name / *name) of params.yaml as it reads it, so a
+# file whose aliases expand past this would exhaust DVC's memory (docs/reliability.md).
+MAX_PARAM_VALUES = 100_000
 
 Checker = Callable[[str, Any], Any]
 
@@ -38,18 +41,40 @@ def load_params(section: str, schema: dict[str, Checker], path: Path = PARAMS_FI
     # PyYAML raises ValueError for impossible dates or floats (2001-13-45, !!float x) and recurses per nesting level.
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise PipelineError(f"{path} is not valid YAML ({one_line(str(error))}): fix it") from None
+    if expands_past(params, MAX_PARAM_VALUES):
+        raise PipelineError(
+            f"{path} holds over {MAX_PARAM_VALUES:,} values once its YAML aliases are expanded, which DVC does "
+            "until memory runs out: write the values out instead of aliasing them"
+        )
     values = params.get(section) if isinstance(params, dict) else None
     if not isinstance(values, dict):
         raise PipelineError(f"{path} has no '{section}:' mapping: restore it (see docs/pipeline.md)")
     expected = ", ".join(f"{section}.{key}" for key in schema)
     unknown = sorted(set(values) - set(schema), key=str)
     if unknown:
-        key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else shown(unknown[0])
+        plain = isinstance(unknown[0], str) and unknown[0].isprintable() and len(unknown[0]) <= 80
+        key = unknown[0] if plain else shown(unknown[0])
         raise PipelineError(f"{path}: unknown key {section}.{key} (expected {expected}): fix its spelling")
     missing = [key for key in schema if key not in values]
     if missing:
         raise PipelineError(f"{path}: missing key {section}.{missing[0]} (expected {expected}): add it")
     return {key: check(f"{section}.{key}", values[key]) for key, check in schema.items()}
+
+
+def expands_past(value: Any, limit: int) -> bool:
+    """Whether `value` holds more than `limit` values (keys, items and scalars) when every alias is counted
+    each time it is used, as DVC expands them. Stops counting at the limit, so a bomb costs no more than that."""
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+    return False
 
 
 def _bad(key: str, what: str, value: Any) -> PipelineError:
@@ -83,9 +108,21 @@ def boolean(key: str, value: Any) -> bool:
 
 
 def text(key: str, value: Any) -> str:
+    """A non-empty string that can be a path or URL: no NUL character, no lone surrogate (not UTF-8)."""
     if not isinstance(value, str) or not value.strip():
         raise _bad(key, "a non-empty string", value)
+    if "\0" in value or not is_utf8(value):
+        raise _bad(key, "text without NUL characters or lone surrogates", value)
     return value
+
+
+def is_utf8(value: str) -> bool:
+    """Whether `value` encodes to UTF-8 (a lone surrogate, from a YAML "\\udcff", does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def fraction(key: str, value: Any) -> float:

@@ -9,21 +9,33 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from llmpipe.errors import PipelineError, one_line, shown
 from llmpipe.corpus import open_text
+from llmpipe.errors import PipelineError, one_line, shown
 from llmpipe.formats import token_dtype
 
 END_OF_TEXT = "<|endoftext|>"
 MAX_RANKS_BYTES = 64 << 20  # the largest of tiktoken's own, o200k_base, is 3.6 MB
 CHUNK_CHARS = 1 << 20  # text per encode call: big enough to keep tiktoken busy, small enough to stay flat
 NUM_THREADS = os.cpu_count() or 1
+# tiktoken downloads a named encoding's files on a cache miss with no timeout of its own: a network that accepts
+# the connection and never answers would hold the stage forever. Generous for its largest files (a few MB).
+DOWNLOAD_SECONDS = 120
+MAX_RANK = (1 << 32) - 2  # tiktoken's ids are 32-bit, and the end-of-text token takes the rank after the last
+# dvc.yaml lists this folder as a dependency of tokenize: a ranks file in it is tracked by DVC, so an edit reruns
+# tokenize. Under DVC (which sets DVC_STAGE) a ranks file elsewhere is refused: an edit to it would go unseen.
+ENCODINGS_DIR = Path("encodings")
+# Past this share of NUL characters a document is not UTF-8 text but UTF-16 or UTF-32 (ASCII as UTF-16 is half
+# NUL), or binary; the odd NUL in prose stays text.
+MAX_NUL_SHARE = 1 / 3
 
 
 def load_encoding(encoding: str):
@@ -38,7 +50,7 @@ def load_encoding(encoding: str):
             "or the path of a .tiktoken file"
         )
     try:
-        return tiktoken.get_encoding(encoding)
+        return _within(DOWNLOAD_SECONDS, tiktoken.get_encoding, encoding)
     except Exception as error:  # tiktoken downloads on a cache miss and raises whatever the network raised
         raise PipelineError(
             f"could not load encoding {shown(encoding)} ({type(error).__name__}: {one_line(str(error))}): "
@@ -46,42 +58,93 @@ def load_encoding(encoding: str):
         ) from None
 
 
+def _within(seconds: float, function: Callable, *args):
+    """function(*args), run on a daemon thread; TimeoutError if it has not returned within `seconds`.
+
+    The thread is then left behind, to end with the process (tiktoken's requests.get has no timeout to pass).
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="tiktoken-load", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"tiktoken's download of its files did not finish within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def read_ranks(path: Path) -> dict[bytes, int]:
-    """A .tiktoken ranks file: one `base64-token rank` pair a line.
+    """A .tiktoken ranks file: one `base64-token rank` pair a line, checked to be a BPE tiktoken can use.
 
     Read here rather than with tiktoken's loader, which caches files by path and would keep serving
-    the old ranks after the file is edited.
+    the old ranks after the file is edited. Raises PipelineError naming the file and the problem: a line that
+    is not `base64 rank`, a token or rank given twice, a rank outside [0, MAX_RANK], or a single byte that is
+    not a token (tiktoken would panic on the first text holding it).
     """
-    if path.exists() and (not path.is_file() or path.stat().st_size > MAX_RANKS_BYTES):
-        raise PipelineError(
-            f"tokenize.encoding: {path} is not a ranks file (a device, a folder, or over "
-            f"{MAX_RANKS_BYTES >> 20} MB): give the path of a .tiktoken file"
-        )
     try:
+        if path.exists() and (not path.is_file() or path.stat().st_size > MAX_RANKS_BYTES):
+            raise PipelineError(
+                f"tokenize.encoding: {path} is not a ranks file (a device, a folder, or over "
+                f"{MAX_RANKS_BYTES >> 20} MB): give the path of a .tiktoken file"
+            )
         lines = path.read_bytes().splitlines()
-    except OSError as error:
+    except OSError as error:  # a name too long, a folder we may not read, ...
         raise PipelineError(f"tokenize.encoding: cannot read {path} ({error.strerror}): fix the path") from None
-    ranks = {}
+    ranks: dict[bytes, int] = {}
+    seen: set[int] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
+            token, rank = base64.b64decode(token, validate=True), int(rank)
         except ValueError:
             raise PipelineError(
                 f"tokenize.encoding: {path} is not a .tiktoken ranks file (line {number} is not `base64 rank`)"
             ) from None
+        problems = {
+            "repeats the token of an earlier line": token in ranks,
+            "repeats the rank of an earlier line": rank in seen,
+            f"has rank {rank}, outside 0 to {MAX_RANK:,}": not 0 <= rank <= MAX_RANK,
+        }
+        problem = next((problem for problem, found in problems.items() if found), None)
+        if problem:
+            raise PipelineError(f"tokenize.encoding: {path} is not a valid BPE (line {number} {problem}): fix it")
+        ranks[token] = rank
+        seen.add(rank)
     if not ranks:
         raise PipelineError(f"tokenize.encoding: {path} holds no ranks")
+    missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
+    if missing:
+        raise PipelineError(
+            f"tokenize.encoding: {path} is not a valid BPE: {len(missing)} of the 256 single bytes are not tokens "
+            f"(the first: 0x{missing[0]:02x}), and every byte must be one: add them"
+        )
     return ranks
 
 
 def _encoding_from_file(path: Path):
-    """A GPT-2-style encoding (GPT-2's split pattern, end-of-text after the last rank) from a ranks file."""
+    """A GPT-2-style encoding (GPT-2's split pattern, end-of-text after the last rank) from a ranks file.
+
+    Under DVC (DVC_STAGE set) the file must be in ENCODINGS_DIR, which DVC tracks; raises PipelineError if not.
+    """
     import tiktoken
     from tiktoken_ext.openai_public import r50k_pat_str
 
+    if os.environ.get("DVC_STAGE") and not Path(os.path.abspath(path)).is_relative_to(ENCODINGS_DIR.absolute()):
+        raise PipelineError(
+            f"tokenize.encoding {path} is outside {ENCODINGS_DIR}/, the folder dvc.yaml lists as tokenize's "
+            f"dependency, so DVC would not see an edit to it and would keep stale tokens: move it into "
+            f"{ENCODINGS_DIR}/ and set tokenize.encoding to its new path"
+        )
     ranks = read_ranks(path)
     return tiktoken.Encoding(
         name=path.stem,
@@ -116,11 +179,19 @@ def read_chunks(path: Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
 
     Read as the book's open(path, encoding="utf-8") reads it (line ends become "\\n"), except that a
     leading byte-order mark is dropped; a .gz or .zst file is decompressed as it is read (llmpipe.corpus).
-    At least one piece, possibly empty, so every file is a document.
+    At least one piece, possibly empty, so every file is a document. Raises PipelineError for a document that
+    is mostly NUL (over MAX_NUL_SHARE of the characters read so far): UTF-16 without a byte-order mark, say.
     """
     buffer = ""
+    chars = nuls = 0
     with open_text(path) as file:
         while block := file.read(chunk_chars):
+            chars, nuls = chars + len(block), nuls + block.count("\0")
+            if nuls > MAX_NUL_SHARE * chars:
+                raise PipelineError(
+                    f"{path} is mostly NUL characters ({nuls:,} of its first {chars:,}), as UTF-16 text is when "
+                    "read as UTF-8: convert it to UTF-8 (e.g. `iconv -f UTF-16LE -t UTF-8`), or remove it"
+                )
             buffer += block
             while len(buffer) > chunk_chars:
                 cut = safe_cut(buffer, chunk_chars)

@@ -8,6 +8,7 @@ from llmpipe.fetch import MIRROR_ENV, Limits, corpus_metrics, fetch
 from llmpipe.formats import write_metrics
 from llmpipe.params import (
     FileSource,
+    boolean,
     load_params,
     non_negative_int,
     positive_int,
@@ -24,14 +25,17 @@ SCHEMA = {
     "timeout_seconds": positive_number,
     "max_bytes": positive_int,
     "retries": non_negative_int,
+    "deadline_seconds": positive_number,
+    "allow_outside_symlinks": boolean,
 }
 
 
 def main(raw_dir: Path) -> None:
     params = load_params("fetch", SCHEMA)
     sources = [FileSource(params["url"], params["sha256"]), *params["sources"]]
-    limits = Limits(params["timeout_seconds"], params["max_bytes"], params["retries"])
-    documents = fetch(sources, raw_dir, limits, os.environ.get(MIRROR_ENV))
+    limits = Limits(params["timeout_seconds"], params["max_bytes"], params["retries"], params["deadline_seconds"])
+    mirror = os.environ.get(MIRROR_ENV)
+    documents = fetch(sources, raw_dir, limits, mirror, allow_outside_symlinks=params["allow_outside_symlinks"])
     write_metrics(Path("metrics/fetch.json"), corpus_metrics(documents))
 
 

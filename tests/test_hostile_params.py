@@ -157,15 +157,32 @@ def test_yaml_that_cannot_be_loaded_is_one_error_line(tmp_path, content):
     assert "\n" not in str(error.value)
 
 
-def test_a_self_nested_value_is_shown_short(tmp_path):
-    """A billion-laughs value: nine references to nine references ... never expanded into the message."""
+def aliased_params(depth: int, value: str = "window:\n  max_length: *a{depth}\n  stride: 1\n") -> str:
+    """params.yaml with a value nested `depth` deep, nine references to nine references ... (billion laughs)."""
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
-        f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)
+        f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, depth + 1)
     ]
+    return "bomb:\n" + "".join(f"  {line}\n" for line in levels) + value.format(depth=depth)
+
+
+def test_a_self_nested_value_is_shown_short(tmp_path):
+    """A self-nested value under the expansion limit is never expanded into the message."""
     path = tmp_path / "params.yaml"
-    path.write_text("bomb:\n" + "".join(f"  {line}\n" for line in levels) + "window:\n  max_length: *a9\n  stride: 1\n")
+    path.write_text(aliased_params(3))
 
     with pytest.raises(PipelineError, match="window.max_length must be a positive integer") as error:
+        load_params("window", stage_module("window").SCHEMA, path)
+
+    assert len(str(error.value)) < 300
+
+
+def test_an_alias_bomb_is_refused_before_any_value_is_read(tmp_path):
+    """Nine levels expand to 9**10 values: DVC would expand them until memory ran out; load_params counts only up to
+    its limit, and says so in one short line."""
+    path = tmp_path / "params.yaml"
+    path.write_text(aliased_params(9))
+
+    with pytest.raises(PipelineError, match="YAML aliases are expanded") as error:
         load_params("window", stage_module("window").SCHEMA, path)
 
     assert len(str(error.value)) < 300

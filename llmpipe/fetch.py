@@ -1,8 +1,9 @@
 """Get the corpus and prove each document is the pinned one (the pipeline's fetch stage).
 
 The corpus is `fetch.url` (pinned by `fetch.sha256`) plus the entries of `fetch.sources`: files (http, https,
-file:// or a local path, each with the sha256 it must have; remote files must have one) and local folders of .txt
-files. A file is stored as data/raw/<its name>, a folder as data/raw/<its name>/<the same layout>. A pinned file is
+s3://, file:// or a local path, each with the sha256 it must have; remote files must have one) and local folders of
+corpus files (.txt, .jsonl, .json, .parquet, plain or .gz/.zst, at any depth).
+A file is stored as data/raw/<its name>, a folder as data/raw/<its name>/<the same layout>. A pinned file is
 read from $CORPUS_MIRROR first when the mirror holds it (a folder holding the file under its name, or for
 `fetch.url` the file itself); the pin proves it is the same, so dvc.lock is the same online and offline.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import http.client
+import io
 import os
 import stat
 import urllib.error
@@ -33,6 +35,7 @@ from time import monotonic, sleep
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import unquote, urlparse
 
+from llmpipe.corpus import CORPUS_SUFFIXES, corpus_format
 from llmpipe.errors import PipelineError, one_line, shown
 from llmpipe.files import NO_SPACE, output_dir
 from llmpipe.params import FileSource, FolderSource, Source, is_utf8, url_scheme
@@ -145,10 +148,48 @@ def open_location(location: str | Path, timeout_seconds: float) -> tuple[BinaryI
             response = urllib.request.build_opener(RedirectHandler).open(request, timeout=timeout_seconds)
             length = response.headers.get("Content-Length")
             return response, int(length) if length and length.isdigit() else None
+        if scheme == "s3":
+            return open_s3(location)
         location = Path(unquote(urlparse(location).path) if scheme == "file" else location)
         if "\0" in str(location):
             raise PipelineError(f"{shown(str(location))} holds a NUL character (%00), which no path can: fix the URL")
     return open_regular(location)
+
+
+def open_s3(url: str) -> tuple[BinaryIO, int]:
+    """An s3:// object and its size, read with the settings of the project's DVC remote on S3 (the default remote
+    if it is on S3, else the first that is: its endpointurl, credentials, profile and region, from .dvc/config
+    and config.local), else with boto's own (AWS_* variables, ~/.aws). Raises PipelineError without s3fs (which
+    dvc-s3 brings), OSError when the object cannot be read."""
+    try:
+        import s3fs
+    except ImportError:
+        raise PipelineError(f"{url}: s3:// sources need dvc-s3: run `make remote-s3` or pip install dvc-s3") from None
+    fs = s3fs.S3FileSystem(**s3_options(), skip_instance_cache=True)
+    try:
+        size = fs.info(url)["size"]
+        return io.BufferedReader(fs.open(url, "rb"), CHUNK_BYTES), size
+    except OSError:
+        raise
+    except Exception as error:  # botocore's errors: no credentials, endpoint unreachable, access denied
+        raise OSError(f"{type(error).__name__}: {error}") from None
+
+
+def s3_options() -> dict[str, Any]:
+    """s3fs's options from the project's DVC remote on S3 (see open_s3); {} when there is none."""
+    from dvc.config import Config
+
+    config = Config.from_cwd()
+    remotes = config.get("remote", {})
+    default = config.get("core", {}).get("remote")
+    names = [name for name in [default, *remotes] if name in remotes and remotes[name]["url"].startswith("s3://")]
+    if not names:
+        return {}
+    remote = remotes[names[0]]
+    client = {"endpoint_url": remote.get("endpointurl"), "region_name": remote.get("region")}
+    options = {"key": remote.get("access_key_id"), "secret": remote.get("secret_access_key")}
+    options |= {"token": remote.get("session_token"), "profile": remote.get("profile")}
+    return {**{k: v for k, v in options.items() if v}, "client_kwargs": {k: v for k, v in client.items() if v}}
 
 
 def special_kind(mode: int) -> str | None:
@@ -219,11 +260,20 @@ class Copied(NamedTuple):
     utf8_error: str | None  # the first one, with its byte offset
 
 
+def is_text(name: str) -> bool:
+    """Whether a corpus file of this name holds plain UTF-8 (not gzip, zstd or Parquet): only then are its
+    characters counted and checked as it is copied (tokenize checks the rest as it reads them)."""
+    kind = corpus_format(name)
+    return kind is None or (kind[0] != "parquet" and kind[1] is None)
+
+
 def copy_and_hash(chunks: Iterable[bytes], dest: Path, size: int | None) -> Copied:
-    """Write `chunks` to `dest`, counting bytes and UTF-8 characters and hashing them as they pass."""
+    """Write `chunks` to `dest`, counting bytes and, for a plain-text name (is_text), UTF-8 characters, and hashing
+    them as they pass."""
     from tqdm import tqdm
 
     digest = hashlib.sha256()
+    text = is_text(dest.name)
     decoder = codecs.getincrementaldecoder("utf-8")()
     num_bytes = num_chars = 0
     utf8_error = None
@@ -235,7 +285,7 @@ def copy_and_hash(chunks: Iterable[bytes], dest: Path, size: int | None) -> Copi
             out.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))
-            if utf8_error is None:
+            if utf8_error is None and text:
                 # The decoder may hold the first bytes of a character from the previous chunk.
                 offset = num_bytes - len(decoder.getstate()[0])
                 try:
@@ -354,9 +404,10 @@ def fetch_file(source: FileSource, locations: list[str], root: Path, name: str, 
 
 
 def folder_files(folder: Path, allow_outside_symlinks: bool = False) -> list[Path]:
-    """The .txt files under `folder`, relative to it, in path order; hidden names are skipped, as tokenize does.
+    """The corpus files under `folder` at any depth (names ending in one of llmpipe.corpus.CORPUS_SUFFIXES), relative
+    to it, in path order; hidden names are skipped, as tokenize does.
 
-    Raises PipelineError for a .txt name that is not a regular file (a FIFO, socket or device), is not UTF-8, or
+    Raises PipelineError for a corpus file name that is not a regular file (a FIFO, socket or device), is not UTF-8, or
     is a link to a file outside `folder` (unless allow_outside_symlinks): copied into data/raw, such a file would
     go on to DVC's cache and the team's remote. A link to a folder is not followed.
     """
@@ -369,7 +420,7 @@ def folder_files(folder: Path, allow_outside_symlinks: bool = False) -> list[Pat
     for parent, dirs, files in os.walk(folder, onerror=fail):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         for name in files:
-            if not name.endswith(".txt") or name[0] == ".":
+            if corpus_format(name) is None or name[0] == ".":
                 continue
             path = Path(parent, name)
             if not is_utf8(name):
@@ -388,7 +439,7 @@ def folder_files(folder: Path, allow_outside_symlinks: bool = False) -> list[Pat
 def copy_folder(
     source: FolderSource, root: Path, name: str, limits: Limits, allow_outside_symlinks: bool = False
 ) -> list[Document]:
-    """Copy the folder's .txt files to root/<name>/, each one document (see folder_files for what is refused)."""
+    """Copy the folder's corpus files to root/<name>/ (see folder_files for which, and what is refused)."""
     folder = Path(source.path)
     try:
         is_folder = folder.is_dir()
@@ -396,7 +447,7 @@ def copy_folder(
         is_folder = False
     if not is_folder:
         raise PipelineError(
-            f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of .txt files"
+            f"{source.key}.path {shown(source.path)} is not a folder: point it at a folder of corpus files"
         )
     documents = []
     try:
@@ -410,7 +461,10 @@ def copy_folder(
             raise  # writing the copy failed, not reading the folder
         raise PipelineError(f"could not read {source.path} ({describe(error)}): check {source.key}.path") from None
     if not documents:
-        raise PipelineError(f"{source.key}.path {shown(source.path)} holds no .txt file: add some, or remove the entry")
+        suffixes = ", ".join(CORPUS_SUFFIXES)
+        raise PipelineError(
+            f"{source.key}.path {shown(source.path)} holds no corpus file ({suffixes}): add some, or remove the entry"
+        )
     print(f"fetch: {len(documents)} files, {sum(d.bytes for d in documents)} bytes from {folder}")
     return documents
 

@@ -20,7 +20,7 @@ from llmpipe.errors import PipelineError, one_line, shown
 PARAMS_FILE = Path("params.yaml")
 # Every integer param ends up in numpy or torch, whose integers are 64-bit.
 INT64_MAX = (1 << 63) - 1
-SCHEMES = ("http", "https", "file")
+SCHEMES = ("http", "https", "s3", "file")
 # Far above any real params.yaml. DVC expands every YAML alias (&name / *name) of params.yaml as it reads it, so a
 # file whose aliases expand past this would exhaust DVC's memory (docs/reliability.md).
 MAX_PARAM_VALUES = 100_000
@@ -192,7 +192,7 @@ class FileSource:
 
 @dataclass(frozen=True)
 class FolderSource:
-    """A local folder: every .txt file under it is one document."""
+    """A local folder of corpus files (llmpipe.corpus.CORPUS_SUFFIXES), at any depth."""
 
     path: str
     key: str
@@ -202,14 +202,14 @@ Source = FileSource | FolderSource
 
 
 def source_entry(key: str, entry: Any) -> Source:
-    """One entry of fetch.sources: {url: ..., sha256: ...} for a file, {path: ...} for a folder of .txt files."""
+    """One entry of fetch.sources: {url: ..., sha256: ...} for a file, {path: ...} for a folder of corpus files."""
     keys = set(entry) if isinstance(entry, dict) else set()
     if keys == {"path"}:
         return FolderSource(text(f"{key}.path", entry["path"]), key)
     if "url" in keys and keys <= {"url", "sha256"}:
         url = text(f"{key}.url", entry["url"])
         pin = sha256_hex(f"{key}.sha256", entry["sha256"]) if "sha256" in keys else None
-        remote = url_scheme(url) in ("http", "https")
+        remote = url_scheme(url) in ("http", "https", "s3")
         if remote and pin is None:
             raise PipelineError(f"{key} downloads {url} with no sha256 to check it: add {key}.sha256 (its sha256sum)")
         return FileSource(url, pin, key)

@@ -12,8 +12,10 @@ import importlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,42 @@ def book_windows(ids: list[int], max_length: int, stride: int) -> tuple[list[lis
 
     dataset = GPTDatasetV1(ids, _GivenIds(), max_length, stride)
     return [t.tolist() for t in dataset.input_ids], [t.tolist() for t in dataset.target_ids]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch, tmp_path):
+    """moto's S3 server on 127.0.0.1, with a bucket; DVC and boto3 reach it with dummy credentials."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "team")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "team")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    port = free_port()
+    log = open(tmp_path / "moto.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the server takes a moment to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
+                time.sleep(0.2)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="team-cache")
+        yield endpoint, s3
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

@@ -5,13 +5,14 @@ Downloads from a real HTTP server, with every fault it can throw, are in test_fe
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CORPUS_DIR, ROOT, VERDICT_SHA256, assert_one_line_error, run_stage, set_params
+from conftest import CORPUS_DIR, ROOT, VERDICT, VERDICT_SHA256, assert_one_line_error, run_stage, set_params
 
 from llmpipe.errors import PipelineError
 from llmpipe.fetch import Document, Limits, candidates, corpus_metrics, fetch, file_name
@@ -156,7 +157,7 @@ def test_max_bytes_caps_local_files_too(corpus, out_dir, monkeypatch, extra, sto
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    """A folder of .txt files in sub-folders, with files fetch must leave out."""
+    """A folder of corpus files in sub-folders, with files fetch must leave out."""
     root = tmp_path / "stories"
     (root / "b" / "deep").mkdir(parents=True)
     (root / ".git").mkdir()
@@ -276,7 +277,7 @@ def test_a_folder_named_like_a_file_source_is_a_clash_too(tmp_path, corpus, out_
     [
         (lambda path: None, "is not a folder"),
         (lambda path: path.write_text("a file"), "is not a folder"),
-        (lambda path: path.mkdir() or (path / "notes.md").write_text("no .txt here"), "holds no .txt file"),
+        (lambda path: path.mkdir() or (path / "notes.md").write_text("no .txt here"), "holds no corpus file"),
         (lambda path: path.mkdir() or (path / "empty.txt").write_bytes(b""), "empty.txt is empty"),
         (lambda path: path.mkdir() or (path / "l1.txt").write_bytes("café".encode("latin-1")), "is not UTF-8 text"),
     ],
@@ -583,3 +584,48 @@ def test_cli_bad_params_are_one_error_line(tmp_path, fetch_params, fragment):
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "metrics").exists()
+
+
+# Corpus formats and S3
+
+
+def test_a_folder_source_copies_every_corpus_format_at_any_depth(tmp_path):
+    folder = tmp_path / "shards"
+    (folder / "2024" / "06").mkdir(parents=True)
+    files = {
+        "a.txt": b"plain text\n",
+        "2024/b.jsonl.gz": gzip.compress(b'{"text": "a record"}\n'),
+        "2024/06/c.parquet": b"PAR1 stands in for parquet bytes PAR1",
+        "2024/06/notes.md": b"not corpus",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    set_params(tmp_path, {"fetch": {"url": str(VERDICT), "sources": [{"path": str(folder)}]}})
+
+    result = run_stage("fetch", tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    raw = tmp_path / "data" / "raw" / "shards"
+    stored = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file())
+    assert stored == ["2024/06/c.parquet", "2024/b.jsonl.gz", "a.txt"]
+    assert all((raw / name).read_bytes() == files[name] for name in stored)
+
+
+def test_an_s3_source_is_read_with_the_dvc_remotes_settings(tmp_path, s3_server):
+    endpoint, s3 = s3_server
+    corpus = VERDICT.read_bytes()
+    s3.put_object(Bucket="team-cache", Key="corpora/the-verdict-copy.txt", Body=corpus)
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(
+        f'[core]\n    remote = s3\n[\'remote "s3"\']\n    url = s3://team-cache/cache\n    endpointurl = {endpoint}\n'
+    )
+    url = "s3://team-cache/corpora/the-verdict-copy.txt"
+    set_params(tmp_path, {"fetch": {"url": str(VERDICT), "sources": [{"url": url, "sha256": VERDICT_SHA256}]}})
+
+    result = run_stage("fetch", tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "raw" / "the-verdict-copy.txt").read_bytes() == corpus
+    s3.delete_object(Bucket="team-cache", Key="corpora/the-verdict-copy.txt")
+    assert_one_line_error(run_stage("fetch", tmp_path), "could not read the-verdict-copy.txt", url)
+    assert (tmp_path / "data" / "raw" / "the-verdict-copy.txt").read_bytes() == corpus  # the output as it was

@@ -14,7 +14,6 @@ import html
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -225,45 +224,6 @@ def test_plots_diff_between_two_experiments_draws_both(team, grid, vega, tmp_pat
     bars = plots[PLOTS["token_freq"]]["rect"]
     assert len(bars) == 60 and {re.search(r"\brev: (\S+);", b).group(1) for b in bars} == {grid[4, 1], grid[8, 4]}
     assert len(plots[PLOTS["zipf"]]["line"]) == 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server(monkeypatch, tmp_path):
-    """moto's S3 server on 127.0.0.1, with a bucket; DVC and boto3 reach it with dummy credentials."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "team")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "team")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # the server takes a moment to listen
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "moto.log").read_text()
-                time.sleep(0.2)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="team-cache")
-        yield endpoint, s3
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture

@@ -157,7 +157,9 @@ def encode_on_ray(runs: list[list[Path]], raw_dir: Path, tokens_dir: Path, param
     env = {name: os.environ[name] for name in ("TIKTOKEN_CACHE_DIR",) if name in os.environ}
     ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=False)
     try:
-        items = [{"shard": k, "files": [str(path) for path in run]} for k, run in enumerate(runs)]
+        # Absolute paths: a worker's working directory is not the driver's (the stage passes data/raw, data/tokens).
+        raw_dir, tokens_dir = Path(raw_dir).absolute(), Path(tokens_dir).absolute()
+        items = [{"shard": k, "files": [str(Path(path).absolute()) for path in run]} for k, run in enumerate(runs)]
 
         def encode(item: dict) -> dict:
             files = [Path(path) for path in item["files"]]

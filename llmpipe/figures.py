@@ -28,8 +28,10 @@ FIGURES = [
     ("first two windows embedded", "embed.json", "sample_embedding_shape"),
     ("batch embedded with positions", "embed.json", "input_embedding_shape"),
     ("sweep windows", "sweep.json", "num_windows"),
-    ("validation loss (GPT)", "train.json", "val_loss"),
-    ("validation loss (bigram)", "train.json", "bigram_val_loss"),
+    ("validation loss (GPT)", "train/metrics.json", "val_loss"),
+    ("validation loss (bigram)", "train/metrics.json", "bigram_val_loss"),
+    ("validation loss (unigram)", "train/metrics.json", "unigram_val_loss"),
+    ("probe score (initial)", "probe.json", "initial_score"),
     ("probe score (trained)", "probe.json", "trained_score"),
 ]
 

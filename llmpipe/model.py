@@ -230,3 +230,79 @@ class GPTModel(nn.Module):
         x = self.trf_blocks(x)
         x = self.final_norm(x)
         return self.out_head(x)
+
+
+def config_for(embeddings: dict[str, torch.Tensor], max_length: int, vocab_size: int, params: dict) -> GPTConfig:
+    """The GPTConfig of the train stage: width and context from the embed stage's tensors, the rest from params.
+
+    Takes the embed stage's tensors (load_embeddings), the dataset's max_length and vocab_size, and the checked
+    train params (n_heads, n_layers, drop_rate, qkv_bias). Returns a checked GPTConfig. Raises PipelineError,
+    naming the params.yaml key, when the embeddings come from another vocabulary, their context is shorter than
+    window.max_length, or the config cannot be built (check_config).
+    """
+    vocab_rows, emb_dim = embeddings["token_embedding.weight"].shape
+    context_length = embeddings["pos_embedding.weight"].shape[0]
+    if vocab_rows != vocab_size:
+        raise PipelineError(
+            f"the embeddings have {vocab_rows} token rows but the dataset's vocabulary has {vocab_size}: they come "
+            "from another tokenizer, so run `dvc repro embed`"
+        )
+    if context_length < max_length:
+        raise PipelineError(
+            f"embed.context_length {context_length} is shorter than window.max_length {max_length}: the model could "
+            f"not place a window's tokens, so raise embed.context_length to at least {max_length} (or null)"
+        )
+    names = ("n_heads", "n_layers", "drop_rate", "qkv_bias")
+    config = GPTConfig(vocab_size, context_length, emb_dim, **{name: params[name] for name in names})
+    check_config(config)
+    size = num_parameters(config) * 4
+    if size > MAX_MODEL_BYTES:
+        raise PipelineError(
+            f"train.n_layers {config.n_layers} at embed.dim {emb_dim} makes a model of {size / (1 << 30):,.1f} GiB "
+            f"of float32 weights, over the {MAX_MODEL_BYTES >> 30} GiB limit: lower train.n_layers or embed.dim"
+        )
+    return config
+
+
+# GPT-2 XL (1.5 B parameters) is 6 GiB; a typo like n_layers: 12000 stops here, not in the OOM killer.
+MAX_MODEL_BYTES = 16 << 30
+
+
+def num_parameters(config: GPTConfig) -> int:
+    """The number of parameters of GPTModel(config), counted from its sizes without building it."""
+    d, bias = config.emb_dim, config.qkv_bias
+    block = 3 * d * d + (3 * d if bias else 0) + d * d + d + 8 * d * d + 5 * d + 4 * d
+    return 2 * config.vocab_size * d + config.context_length * d + config.n_layers * block + 2 * d
+
+
+def model_from_embeddings(config: GPTConfig, token_weight: torch.Tensor, pos_weight: torch.Tensor) -> GPTModel:
+    """A GPTModel initialised as the book does (seed torch first), its two embedding matrices then replaced.
+
+    The token and positional embeddings start as the embed stage's tensors: the random matrices of chapter 2 are
+    the ones that learn. With the embed stage's seed equal to the one seeded before this call, they are the very
+    values the book's GPTModel draws first, so the whole initial model equals the book's.
+    """
+    model = GPTModel(config)
+    with torch.no_grad():
+        model.tok_emb.weight.copy_(token_weight)
+        model.pos_emb.weight.copy_(pos_weight)
+    return model
+
+
+def load_gpt(model_dir) -> GPTModel:
+    """The model the train stage wrote to `model_dir` (llmpipe.formats.load_model), in eval mode.
+
+    Raises PipelineError when the files are missing, edited or do not fit the architecture of their config.
+    """
+    from llmpipe.formats import load_model
+
+    state_dict, config = load_model(model_dir)
+    model = GPTModel(GPTConfig(**config))
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise PipelineError(
+            f"{model_dir} holds weights that do not fit its config ({str(error).splitlines()[0]}): "
+            "run `dvc checkout data/model` or `dvc repro -f train`"
+        ) from None
+    return model.eval()

@@ -138,6 +138,12 @@ def positive_number(key: str, value: Any) -> float:
     return value
 
 
+def non_negative_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise _bad(key, "a non-negative number", value)
+    return value
+
+
 def one_of(*choices: str) -> Checker:
     """A checker accepting exactly one of `choices`."""
 

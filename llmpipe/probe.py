@@ -178,3 +178,22 @@ def pca_2d(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
     axes[: len(vt[:2])] = vt[:2]
     signs = np.sign(axes[np.arange(2), np.argmax(np.abs(axes), axis=1)])
     return centred @ (axes * np.where(signs == 0, 1, signs)[:, None]).T
+
+
+def nearest_among(
+    weight: torch.Tensor | np.ndarray, query_ids: Sequence[int], candidate_ids: np.ndarray, k: int
+) -> list[list[tuple[int, float]]]:
+    """nearest_neighbours restricted to `candidate_ids` (say, the tokens that occur in the training split).
+
+    A token that never occurs gets no gradient, so among all 50,257 rows its neighbours would be noise. Returns,
+    for each query id, up to k (id, cosine) pairs among the candidates other than the query, most similar first.
+    Raises PipelineError for a query id that is not a candidate.
+    """
+    candidate_ids = np.asarray(candidate_ids)
+    row = {int(token): index for index, token in enumerate(candidate_ids)}
+    missing = [query for query in query_ids if query not in row]
+    if missing:
+        raise PipelineError(f"token id {missing[0]} is not among the {len(candidate_ids)} candidate tokens")
+    matrix = as_matrix(weight)[candidate_ids]
+    found = nearest_neighbours(matrix, [row[query] for query in query_ids], k)
+    return [[(int(candidate_ids[index]), cosine) for index, cosine in pairs] for pairs in found]

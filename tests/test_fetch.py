@@ -617,7 +617,7 @@ def test_an_s3_source_is_read_with_the_dvc_remotes_settings(tmp_path, s3_server)
     s3.put_object(Bucket="team-cache", Key="corpora/the-verdict-copy.txt", Body=corpus)
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text(
-        f'[core]\n    remote = s3\n[\'remote "s3"\']\n    url = s3://team-cache/cache\n    endpointurl = {endpoint}\n'
+        f"[core]\n    remote = s3\n['remote \"s3\"']\n    url = s3://team-cache/cache\n    endpointurl = {endpoint}\n"
     )
     url = "s3://team-cache/corpora/the-verdict-copy.txt"
     set_params(tmp_path, {"fetch": {"url": str(VERDICT), "sources": [{"url": url, "sha256": VERDICT_SHA256}]}})

@@ -23,7 +23,8 @@ from llmpipe.formats import load_tokens
 
 pytestmark = pytest.mark.e2e
 
-STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep", "stats"}
+STAGES = {"fetch", "tokenize", "window", "dataset", "embed", "sweep", "stats", "train", "probe"}
+FAST_TRAINING = {"train": {"max_steps": 10}}  # the reruns below are about which stages run, not the model
 
 
 def metrics(repo: Path, stage: str) -> dict:
@@ -58,9 +59,9 @@ def experiment(changed) -> Iterator[str]:
 
 
 def test_fresh_clone_repro_runs_every_stage_with_cached_outputs(first_repro):
-    # sweep's and stats' outputs are small files committed to git, and their input tokens come out
-    # byte-identical, so DVC rightly finds them up to date.
-    assert reproduced(first_repro[1]) == STAGES - {"sweep", "stats"}
+    # sweep's, stats' and probe's outputs are small files committed to git, and their inputs (the tokens, the
+    # trained model) come out byte-identical, so DVC rightly finds them up to date.
+    assert reproduced(first_repro[1]) == STAGES - {"sweep", "stats", "probe"}
 
 
 def test_repro_reproduces_the_books_figures(repo):
@@ -84,7 +85,8 @@ def test_repro_reproduces_the_books_figures(repo):
 
     dataset = metrics(repo, "dataset")
     assert json.loads(dataset["batch_input_shape"]) == json.loads(dataset["batch_target_shape"]) == [8, 4]
-    assert dataset["num_batches"] == 5141 // 8
+    # The last 10% of the tokens validate (dataset.val_fraction): 4,626 training windows, 511 validation windows.
+    assert (dataset["num_windows"], dataset["val_num_windows"], dataset["num_batches"]) == (4626, 511, 4626 // 8)
 
     embed = metrics(repo, "embed")
     assert json.loads(embed["token_embedding_shape"]) == [50257, 256]
@@ -128,16 +130,16 @@ def test_noop_repro_runs_nothing(repo):
     assert reproduced(dvc(repo, "repro").stdout) == set()
 
 
-def test_changing_embed_dim_reruns_only_embed(changed):
-    set_params(changed, {"embed": {"dim": 64}})
-    assert reproduced(dvc(changed, "repro").stdout) == {"embed"}
+def test_changing_embed_dim_reruns_only_embed_and_what_follows_it(changed):
+    set_params(changed, {"embed": {"dim": 64}, **FAST_TRAINING})
+    assert reproduced(dvc(changed, "repro").stdout) == {"embed", "train", "probe"}
     assert json.loads(metrics(changed, "embed")["input_embedding_shape"]) == [8, 4, 64]
 
 
-def test_changing_stride_reruns_window_dataset_embed_only(changed):
+def test_changing_stride_reruns_window_and_what_follows_it_only(changed):
     tokens_before = snapshot(changed, "data/tokens")
-    set_params(changed, {"window": {"stride": 2}})
-    assert reproduced(dvc(changed, "repro").stdout) == {"window", "dataset", "embed"}
+    set_params(changed, {"window": {"stride": 2}, **FAST_TRAINING})
+    assert reproduced(dvc(changed, "repro").stdout) == {"window", "dataset", "embed", "train", "probe"}
     assert metrics(changed, "window")["num_windows"] == 2571
     assert snapshot(changed, "data/tokens") == tokens_before
 

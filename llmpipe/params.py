@@ -162,6 +162,15 @@ def sha256_hex(key: str, value: Any) -> str:
     return value
 
 
+def word_list(key: str, value: Any) -> list[str]:
+    """A non-empty list of distinct non-empty strings."""
+    if not isinstance(value, list) or not value or not all(isinstance(word, str) and word.strip() for word in value):
+        raise _bad(key, "a non-empty list of words", value)
+    if len(set(value)) != len(value):
+        raise PipelineError(f"{key} lists a word twice: list each once")
+    return value
+
+
 def window_pairs(key: str, value: Any) -> list[tuple[int, int]]:
     """A non-empty list of [max_length, stride] pairs."""
     if not isinstance(value, list) or not value:

@@ -14,12 +14,13 @@ vocabulary. Tokens are read CHUNK at a time, so memory does not grow with the co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from llmpipe.baselines import token_counts
-from llmpipe.errors import PipelineError
+from llmpipe.errors import PipelineError, shown
 
 # Tokens read at a time: 32 MB as int64.
 CHUNK = 1 << 22
@@ -197,3 +198,52 @@ def nearest_among(
     matrix = as_matrix(weight)[candidate_ids]
     found = nearest_neighbours(matrix, [row[query] for query in query_ids], k)
     return [[(int(candidate_ids[index]), cosine) for index, cosine in pairs] for pairs in found]
+
+
+def word_id(encoding, word: str, counts: np.ndarray) -> int:
+    """The one token id of `word` (a probe word), which must occur in the training split (`counts` by id).
+
+    Raises PipelineError naming probe.words when the word is several tokens or absent from the split.
+    """
+    ids = encoding.encode_ordinary(word)
+    if len(ids) != 1:
+        raise PipelineError(
+            f"probe.words {shown(word)} is {len(ids)} tokens, not one: pick words that are single tokens "
+            "(with a leading space, as inside a sentence)"
+        )
+    if counts[ids[0]] == 0:
+        raise PipelineError(f"probe.words {shown(word)} never occurs in the training split: pick a word of the corpus")
+    return ids[0]
+
+
+def neighbours_table(encoding, ids: list[int], before: list, after: list, num_candidates: int, scores) -> str:
+    """The probe's report as Markdown: a line with both probe scores, then a row a word with its nearest
+    neighbours (token, cosine) before and after training (␣ stands for a space)."""
+
+    def token(token_id: int) -> str:
+        return encoding.decode([token_id]).replace(" ", "␣").replace("|", "\\|").replace("\n", "⏎")
+
+    def cell(pairs: list[tuple[int, float]]) -> str:
+        return ", ".join(f"`{token(t)}` {cosine:.2f}" for t, cosine in pairs)
+
+    lines = [
+        f"Nearest neighbours by cosine among the {num_candidates:,} tokens of the training split (␣ is a space). "
+        f"Probe score: {scores[0]:.3f} before training, {scores[1]:.3f} after.",
+        "",
+        "| word | before training (embed stage) | after training (train stage) |",
+        "|---|---|---|",
+        *(f"| `{token(i)}` | {cell(b)} | {cell(a)} |" for i, b, a in zip(ids, before, after, strict=True)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pca_rows(words: list[str], ids: list[int], matrices: dict[str, Any]) -> list[dict]:
+    """The words' embeddings in each of `matrices` (name -> token embedding matrix) projected to 2-D by PCA,
+    one row a word and matrix: word, embeddings (the name), pc1, pc2 (rounded to 6 places, so files are stable)."""
+    rows = []
+    for name, weight in matrices.items():
+        rows += [
+            {"word": word.strip(), "embeddings": name, "pc1": round(float(x), 6), "pc2": round(float(y), 6)}
+            for word, (x, y) in zip(words, pca_2d(weight[ids]), strict=True)
+        ]
+    return rows

@@ -13,7 +13,7 @@ import pandas as pd
 from llmpipe.baselines import token_counts
 from llmpipe.cli import run
 from llmpipe.data import load_dataset
-from llmpipe.errors import PipelineError, shown
+from llmpipe.errors import PipelineError
 from llmpipe.files import write_file_atomic
 from llmpipe.formats import (
     EMBEDDINGS_FILE,
@@ -23,18 +23,9 @@ from llmpipe.formats import (
     write_csv,
     write_metrics,
 )
-from llmpipe.params import load_params, positive_int
-from llmpipe.probe import nearest_among, pca_2d, probe_score
+from llmpipe.params import load_params, positive_int, word_list
+from llmpipe.probe import nearest_among, neighbours_table, pca_rows, probe_score, word_id
 from llmpipe.tokenizer import load_encoding
-
-
-def word_list(key: str, value) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(word, str) and word.strip() for word in value):
-        raise PipelineError(f"{key} must be a non-empty list of words, got {shown(value)}: fix it in params.yaml")
-    if len(set(value)) != len(value):
-        raise PipelineError(f"{key} lists a word twice: list each once")
-    return value
-
 
 SCHEMA = {"words": word_list, "neighbours": positive_int, "num_tokens": positive_int, "window": positive_int}
 
@@ -50,60 +41,19 @@ def main(dataset_dir: Path, embeddings_dir: Path, model_dir: Path) -> None:
             f"{model_dir} was trained from other embeddings ({list(trained.shape)}) than {embeddings_dir} holds "
             f"({list(initial.shape)}): run `dvc repro`"
         )
-    tokens = dataset.tokens
-    counts = token_counts(tokens, len(initial))
+    counts = token_counts(dataset.tokens, len(initial))
     ids = [word_id(encoding, word, counts) for word in params["words"]]
     seen = counts.nonzero()[0]
-    before = nearest_among(initial, ids, seen, params["neighbours"])
-    after = nearest_among(trained, ids, seen, params["neighbours"])
-    initial_score = probe_score(initial, tokens, params["num_tokens"], params["window"])
-    trained_score = probe_score(trained, tokens, params["num_tokens"], params["window"])
-
-    def shown_token(token: int) -> str:
-        return encoding.decode([token]).replace(" ", "␣").replace("|", "\\|").replace("\n", "⏎")
-
-    def cell(pairs: list[tuple[int, float]]) -> str:
-        return ", ".join(f"`{shown_token(token)}` {cosine:.2f}" for token, cosine in pairs)
-
-    lines = [
-        f"Nearest neighbours by cosine among the {len(seen):,} tokens of the training split (␣ is a space). "
-        f"Probe score: {initial_score:.3f} before training, {trained_score:.3f} after.",
-        "",
-        "| word | before training (embed stage) | after training (train stage) |",
-        "|---|---|---|",
-        *(f"| `{shown_token(i)}` | {cell(b)} | {cell(a)} |" for i, b, a in zip(ids, before, after, strict=True)),
+    before, after = (nearest_among(weight, ids, seen, params["neighbours"]) for weight in (initial, trained))
+    scores = [
+        probe_score(weight, dataset.tokens, params["num_tokens"], params["window"]) for weight in (initial, trained)
     ]
-    write_file_atomic(Path("metrics/probe_neighbours.md"), ("\n".join(lines) + "\n").encode("utf-8"))
-    rows = []
-    for name, weight in (("initial", initial), ("trained", trained)):
-        points = pca_2d(weight[ids])
-        rows += [
-            {"word": word.strip(), "embeddings": name, "pc1": round(float(x), 6), "pc2": round(float(y), 6)}
-            for word, (x, y) in zip(params["words"], points, strict=True)
-        ]
+    report = neighbours_table(encoding, ids, before, after, len(seen), scores)
+    write_file_atomic(Path("metrics/probe_neighbours.md"), report.encode("utf-8"))
+    rows = pca_rows(params["words"], ids, {"initial": initial, "trained": trained})
     write_csv(Path("metrics/probe_pca.csv"), pd.DataFrame(rows))
-    write_metrics(
-        Path("metrics/probe.json"),
-        {
-            "initial_score": round(initial_score, 6),
-            "trained_score": round(trained_score, 6),
-            "num_words": len(ids),
-            "candidate_tokens": len(seen),
-        },
-    )
-
-
-def word_id(encoding, word: str, counts) -> int:
-    """The one token id of `word`, which must occur in the training split. Raises PipelineError otherwise."""
-    ids = encoding.encode_ordinary(word)
-    if len(ids) != 1:
-        raise PipelineError(
-            f"probe.words {word!r} is {len(ids)} tokens, not one: pick words that are single tokens "
-            "(with a leading space, as inside a sentence)"
-        )
-    if counts[ids[0]] == 0:
-        raise PipelineError(f"probe.words {word!r} never occurs in the training split: pick a word of the corpus")
-    return ids[0]
+    metrics = {"initial_score": round(scores[0], 6), "trained_score": round(scores[1], 6), "num_words": len(ids)}
+    write_metrics(Path("metrics/probe.json"), {**metrics, "candidate_tokens": len(seen)})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,17 @@ TINY_MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"an", b"er", b"on",
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and two threads slow down many times on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def gpt2_cache(monkeypatch) -> Path:
     """Point tiktoken at the committed GPT-2 files."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))

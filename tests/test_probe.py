@@ -30,14 +30,7 @@ NUM_TOPICS = 8
 TOPIC_SIZE = 22  # ids 20..195 are topic words; 196..199 never occur
 SENTENCE_LENGTH = 12
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and two threads slow down many times on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def zipf(n: int) -> np.ndarray:

@@ -26,6 +26,8 @@ CONFIG = GPTConfig(
 )
 WITH_DROPOUT = dataclasses.replace(CONFIG, drop_rate=0.1)  # so dropout masks depend on the seed too
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(autouse=True)
 def restore_determinism_setting():
@@ -33,15 +35,6 @@ def restore_determinism_setting():
     enabled = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(enabled)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and two threads slow down many times on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def corpus(num_tokens: int = 2000) -> torch.Tensor:

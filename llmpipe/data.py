@@ -109,7 +109,7 @@ def load_dataset(dataset_dir: str | Path, split: str = "train", *, verify: bool 
     """One split ("train" or "val") of the dataset folder `dataset_dir` that the pipeline's dataset stage wrote.
 
     Opening is cheap whatever the size: dataset.json's fields and the split file's size are checked, no id is
-    read. With verify=True the ids' sha256 is checked too (one read of the whole file; the embed stage does it).
+    read. With verify=True the ids' sha256 is checked too (one read of the whole file; the train stage does it).
     The settings of dataset.json are on the result's `config`.
     Raises PipelineError naming the folder and the fix when anything does not match.
     """

@@ -41,8 +41,9 @@ def quick_start() -> list[str]:
 
 
 def make_args(command: str) -> list[str]:
-    """`make <args>` as this test runs it: with the running venv, marked as set up."""
-    return ["make", "-o", f"{VENV}/.installed", f"VENV={VENV}", *shlex.split(command)[1:]]
+    """`make <args>` as this test runs it: with the running venv, marked as set up; quiet about directories,
+    which a make run from inside `make test` would otherwise announce."""
+    return ["make", "--no-print-directory", "-o", f"{VENV}/.installed", f"VENV={VENV}", *shlex.split(command)[1:]]
 
 
 def script(commands: list[str]) -> str:
@@ -53,7 +54,7 @@ def script(commands: list[str]) -> str:
             "set -euo pipefail",
             "unset no_proxy NO_PROXY ALL_PROXY all_proxy",
             f"export {proxies}",
-            f'make() {{ command make -o {shlex.quote(f"{VENV}/.installed")} VENV={shlex.quote(str(VENV))} "$@"; }}',
+            f'make() {{ command {shlex.join(make_args("make"))} "$@"; }}',
             *commands,
         ]
     )

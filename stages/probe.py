@@ -1,7 +1,7 @@
 """Stage probe: what the token embeddings learned, before (the embed stage's) and after training (train's).
 
 For each of probe.words: its nearest neighbours by cosine among the tokens of the training split, as a table
-(metrics/probe_neighbours.md); the probe score of both matrices (llmpipe.probe.probe_score: about 0 for random
+(PROBE_DIR/neighbours.md); the probe score of both matrices (llmpipe.probe.probe_score: about 0 for random
 embeddings, rising as they come to follow the corpus's co-occurrences); and the words' embeddings projected to 2-D
 by PCA, before and after, for `dvc plots` (metrics/probe_pca.csv). docs/training.md defines the score.
 """
@@ -14,7 +14,7 @@ from llmpipe.baselines import token_counts
 from llmpipe.cli import run
 from llmpipe.data import load_dataset
 from llmpipe.errors import PipelineError
-from llmpipe.files import write_file_atomic
+from llmpipe.files import output_dir
 from llmpipe.formats import (
     EMBEDDINGS_FILE,
     TRAINED_EMBEDDINGS_FILE,
@@ -30,7 +30,7 @@ from llmpipe.tokenizer import load_encoding
 SCHEMA = {"words": word_list, "neighbours": positive_int, "num_tokens": positive_int, "window": positive_int}
 
 
-def main(dataset_dir: Path, embeddings_dir: Path, model_dir: Path) -> None:
+def main(dataset_dir: Path, embeddings_dir: Path, model_dir: Path, probe_dir: Path) -> None:
     params = load_params("probe", SCHEMA)
     dataset = load_dataset(dataset_dir, "train")
     encoding = load_encoding(dataset.config["encoding"])
@@ -49,7 +49,8 @@ def main(dataset_dir: Path, embeddings_dir: Path, model_dir: Path) -> None:
         probe_score(weight, dataset.tokens, params["num_tokens"], params["window"]) for weight in (initial, trained)
     ]
     report = neighbours_table(encoding, ids, before, after, len(seen), scores)
-    write_file_atomic(Path("metrics/probe_neighbours.md"), report.encode("utf-8"))
+    with output_dir(probe_dir) as tmp:
+        (tmp / "neighbours.md").write_text(report, encoding="utf-8")
     rows = pca_rows(params["words"], ids, {"initial": initial, "trained": trained})
     write_csv(Path("metrics/probe_pca.csv"), pd.DataFrame(rows))
     metrics = {"initial_score": round(scores[0], 6), "trained_score": round(scores[1], 6), "num_words": len(ids)}

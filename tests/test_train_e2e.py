@@ -61,7 +61,7 @@ def test_repro_trains_and_keeps_the_chapter_2_figures(repo):
     probe = metrics(repo, "probe.json")
     assert abs(probe["initial_score"]) < 0.05  # random embeddings: about 0
     assert probe["trained_score"] > probe["initial_score"]
-    assert "| `␣she` |" in (repo / "metrics/probe_neighbours.md").read_text()
+    assert "| `␣she` |" in (repo / "data/probe/neighbours.md").read_text()
 
 
 def test_plots_show_lists_the_loss_curves_and_the_2d_map(repo):

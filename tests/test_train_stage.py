@@ -41,7 +41,7 @@ TINY_TRAIN = {
 # Single tokens of the chain's tiny BPE, all in its training split.
 TINY_PROBE = {"words": [" the", " and", " a", " t"], "neighbours": 3, "num_tokens": 30, "window": 2}
 OUTPUTS = ("data/model", "metrics/train")
-PROBE_OUTPUTS = ("metrics/probe.json", "metrics/probe_pca.csv", "metrics/probe_neighbours.md")
+PROBE_OUTPUTS = ("metrics/probe.json", "metrics/probe_pca.csv", "data/probe/neighbours.md")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_probe_writes_the_table_the_scores_and_the_2d_map(trained):
     assert set(metrics) == {"initial_score", "trained_score", "num_words", "candidate_tokens"}
     assert -1 <= metrics["initial_score"] <= 1 and -1 <= metrics["trained_score"] <= 1
     assert metrics["num_words"] == 4
-    table = (trained / "metrics/probe_neighbours.md").read_text().splitlines()
+    table = (trained / "data/probe/neighbours.md").read_text().splitlines()
     assert table[2] == "| word | before training (embed stage) | after training (train stage) |"
     assert [row.split(" | ")[0] for row in table[4:]] == ["| `␣the`", "| `␣and`", "| `␣a`", "| `␣t`"]
     assert all(row.count("`") == 2 + 2 * 3 * 2 for row in table[4:])  # the word and 3 neighbours each side
